@@ -1,0 +1,106 @@
+"""Argument helpers shared by subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from ..errors import GhostnetError
+from ..models import ModelSpec, default_input_size
+
+
+def parse_size(text: str) -> tuple[int, int, int]:
+    """``"3,224,224"`` or ``"224"`` (3 channels, square) -> (C, H, W)."""
+    try:
+        parts = [int(p) for p in text.replace("x", ",").split(",") if p.strip()]
+    except ValueError:
+        parts = []
+    if len(parts) == 1:
+        parts = [3, parts[0], parts[0]]
+    if len(parts) != 3 or min(parts) < 1:
+        raise argparse.ArgumentTypeError(
+            f"expected C,H,W like 3,224,224 (or one size), got {text!r}"
+        )
+    return parts[0], parts[1], parts[2]
+
+
+def parse_kwargs(items: list[str] | None) -> dict[str, Any]:
+    """``["width=0.75", "num_classes=10"]`` -> dict, values parsed as JSON where possible."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise GhostnetError(f"--model-kwarg expects KEY=VALUE, got {item!r}")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def add_model_args(parser: argparse.ArgumentParser, required: bool = True) -> None:
+    """--model and the ghostify options, shared by profile/train/export/bench/analyze."""
+    parser.add_argument(
+        "--model",
+        required=required,
+        help="registered name (ghostnet list: `ghostnet models`), torchvision:NAME or timm:NAME",
+    )
+    add_ghostify_args(parser)
+
+
+def add_ghostify_args(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("ghostify (convert the model's convs to Ghost layers)")
+    g.add_argument("--ghostify", action="store_true", help="replace eligible convs by GhostConv2d")
+    g.add_argument("--ratio", type=int, default=2, help="ratio s (default 2)")
+    g.add_argument("--dw-size", type=int, default=3, help="cheap-op kernel d (default 3)")
+    g.add_argument("--include", action="append", help="only convs matching this name pattern")
+    g.add_argument("--exclude", action="append", help="keep convs matching this name pattern")
+    g.add_argument("--no-skip-first", action="store_true", help="convert the stem conv too")
+    g.add_argument("--inner-bn", action="store_true", help="BN between primary and cheap op")
+    g.add_argument(
+        "--from-report",
+        metavar="REPORT_JSON",
+        help="per-layer ratios suggested by `ghostnet analyze` (implies --ghostify)",
+    )
+    g.add_argument(
+        "--model-kwarg",
+        action="append",
+        metavar="KEY=VALUE",
+        help="extra model argument, e.g. width=0.75 (repeatable)",
+    )
+
+
+def ghostify_options(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The ghostify kwargs the flags ask for, or None."""
+    if not (args.ghostify or args.from_report):
+        return None
+    ratio: Any = args.ratio
+    if args.from_report:
+        from ..analysis.report import suggested_ratios
+
+        ratio = suggested_ratios(args.from_report)
+    return {
+        "ratio": ratio,
+        "dw_size": args.dw_size,
+        "skip_first": not args.no_skip_first,
+        "include": args.include,
+        "exclude": args.exclude,
+        "inner_bn": args.inner_bn,
+    }
+
+
+def spec_from_args(args: argparse.Namespace, **extra_kwargs: Any) -> ModelSpec:
+    kwargs = parse_kwargs(getattr(args, "model_kwarg", None))
+    kwargs.update({k: v for k, v in extra_kwargs.items() if v is not None})
+    return ModelSpec(args.model, kwargs, ghostify_options(args))
+
+
+def input_size_for(args: argparse.Namespace, spec: ModelSpec) -> tuple[int, int, int]:
+    return args.input_size or default_input_size(spec.name)
+
+
+def print_json(data: Any) -> None:
+    json.dump(data, sys.stdout, indent=2)
+    sys.stdout.write("\n")

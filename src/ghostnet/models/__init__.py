@@ -1,0 +1,18 @@
+"""Architectures: each family a file, all reachable through the registry."""
+
+from . import cifar, ghostnet, resnet  # noqa: F401  (registers the models)
+from .cifar import ResNetCifar, VGGCifar
+from .ghostnet import GHOSTNET_TABLE, GhostNet
+from .registry import ModelSpec, create_model, default_input_size, get_entry, list_models
+
+__all__ = [
+    "GHOSTNET_TABLE",
+    "GhostNet",
+    "ModelSpec",
+    "ResNetCifar",
+    "VGGCifar",
+    "create_model",
+    "default_input_size",
+    "get_entry",
+    "list_models",
+]

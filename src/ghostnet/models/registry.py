@@ -1,0 +1,197 @@
+"""Model registry: ``create_model`` / ``list_models``, plus ``torchvision:NAME`` and
+``timm:NAME`` for any model of those libraries, and :class:`ModelSpec`, the plain-data
+record (name, kwargs, ghostify options) from which checkpoints rebuild their model.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from torch import nn
+
+from ..convert import ghostify as ghostify_model
+from ..errors import GhostnetError
+from ..weights import fetch_pretrained, load_into, load_state_dict_file
+
+log = logging.getLogger("ghostnet")
+
+Builder = Callable[..., nn.Module]
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """A registered architecture: its builder and the defaults a user needs to run it."""
+
+    name: str
+    builder: Builder
+    input_size: tuple[int, int, int]
+    num_classes: int
+    classifier: str  # state_dict prefix of the classification layer (dropped on class change)
+    description: str
+
+
+_REGISTRY: dict[str, ModelEntry] = {}
+
+
+def register(
+    name: str,
+    *,
+    input_size: tuple[int, int, int],
+    num_classes: int,
+    classifier: str,
+    description: str,
+) -> Callable[[Builder], Builder]:
+    """Decorator adding a builder to the registry under ``name``."""
+
+    def add(builder: Builder) -> Builder:
+        if name in _REGISTRY:
+            raise ValueError(f"model {name!r} is registered twice")
+        _REGISTRY[name] = ModelEntry(
+            name, builder, input_size, num_classes, classifier, description
+        )
+        return builder
+
+    return add
+
+
+def list_models(pattern: str | None = None) -> list[str]:
+    """Registered model names, optionally filtered by an ``fnmatch`` pattern (``"ghost*"``)."""
+    names = sorted(_REGISTRY)
+    return [n for n in names if fnmatch.fnmatchcase(n, pattern)] if pattern else names
+
+
+def get_entry(name: str) -> ModelEntry:
+    """The registry entry of ``name``; unknown names raise an error listing close matches."""
+    if name in _REGISTRY:
+        return _REGISTRY[name]
+    raise GhostnetError(_unknown(name, list(_REGISTRY), "ghostnet.list_models()"))
+
+
+def _unknown(name: str, known: list[str], where: str) -> str:
+    close = difflib.get_close_matches(name, known, n=5, cutoff=0.5)
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    return f"unknown model {name!r}{hint} (see {where} for all names)"
+
+
+def default_input_size(name: str) -> tuple[int, int, int]:
+    """The input size a model is meant for (CIFAR models 32x32, ImageNet models 224x224)."""
+    return _REGISTRY[name].input_size if name in _REGISTRY else (3, 224, 224)
+
+
+def _external(name: str, kwargs: dict[str, Any], pretrained: bool) -> nn.Module:
+    """Build ``torchvision:NAME`` or ``timm:NAME``."""
+    library, _, model_name = name.partition(":")
+    if library == "torchvision":
+        import torchvision
+
+        known = torchvision.models.list_models()
+        if model_name not in known:
+            raise GhostnetError(_unknown(model_name, known, "torchvision.models.list_models()"))
+        weights = "DEFAULT" if pretrained else None
+        try:
+            return torchvision.models.get_model(model_name, weights=weights, **kwargs)
+        except (OSError, RuntimeError) as exc:
+            if pretrained:
+                raise GhostnetError(
+                    f"could not fetch torchvision weights for {model_name} ({exc}); offline? "
+                    "build it without pretrained and load a local file with --pretrained PATH"
+                ) from exc
+            raise
+    if library == "timm":
+        try:
+            import timm
+        except ImportError as exc:
+            raise GhostnetError(
+                f"{name!r} needs timm, which is not installed: pip install timm"
+            ) from exc
+        if not timm.is_model(model_name):
+            raise GhostnetError(_unknown(model_name, timm.list_models(), "timm.list_models()"))
+        return timm.create_model(model_name, pretrained=pretrained, **kwargs)
+    raise GhostnetError(
+        f"unknown model source {library!r} in {name!r}: use torchvision:NAME or timm:NAME"
+    )
+
+
+def create_model(
+    name: str, pretrained: bool | str | os.PathLike = False, **kwargs: Any
+) -> nn.Module:
+    """Build a model by name.
+
+    ``pretrained``: ``False``; ``True`` for the published weights (downloaded once, hash
+    checked); or a path to a local weights file (safetensors or a state_dict). With a
+    ``num_classes`` other than the checkpoint's, the classifier is left freshly initialised.
+    """
+    if ":" in name:
+        if pretrained not in (False, True):
+            model = _external(name, kwargs, pretrained=False)
+            load_into(model, load_state_dict_file(pretrained), source=str(pretrained))
+            return model
+        return _external(name, kwargs, pretrained=bool(pretrained))
+    entry = get_entry(name)
+    try:
+        model = entry.builder(**kwargs)
+    except TypeError as exc:
+        raise GhostnetError(f"{name}: bad argument ({exc})") from exc
+    if pretrained is False or pretrained is None:
+        return model
+    path = fetch_pretrained(name) if pretrained is True else pretrained
+    state = load_state_dict_file(path)
+    num_classes = kwargs.get("num_classes", entry.num_classes)
+    if num_classes != entry.num_classes:
+        head = entry.classifier + "."
+        dropped = [k for k in state if k.startswith(head)]
+        state = {k: v for k, v in state.items() if not k.startswith(head)}
+        state.update({k: v for k, v in model.state_dict().items() if k.startswith(head)})
+        log.warning(
+            "%s: num_classes=%d differs from the pretrained %d: classifier (%s) not loaded, "
+            "freshly initialised",
+            name,
+            num_classes,
+            entry.num_classes,
+            ", ".join(dropped),
+        )
+    load_into(model, state, source=str(path))
+    return model
+
+
+@dataclass
+class ModelSpec:
+    """Everything needed to rebuild a model: registry name, kwargs, ghostify options.
+
+    It is plain data (str/int/float/bool/list/dict) so it can live in a checkpoint that
+    loads with ``weights_only=True``.
+    """
+
+    name: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    ghostify: dict[str, Any] | None = None  # ratio, dw_size, skip_first, include, exclude...
+
+    def build(self, pretrained: bool | str | os.PathLike = False) -> nn.Module:
+        model = create_model(self.name, pretrained=pretrained, **self.kwargs)
+        if self.ghostify is not None:
+            model = ghostify_model(model, inplace=True, **self.ghostify)
+        return model
+
+    @property
+    def input_size(self) -> tuple[int, int, int]:
+        return default_input_size(self.name)
+
+    def label(self) -> str:
+        if self.ghostify is None:
+            return self.name
+        ratio = self.ghostify.get("ratio", 2)
+        ratio = "per-layer" if isinstance(ratio, dict) else ratio
+        return f"{self.name} (ghostified s={ratio}, d={self.ghostify.get('dw_size', 3)})"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelSpec:
+        return cls(data["name"], dict(data.get("kwargs") or {}), data.get("ghostify"))
