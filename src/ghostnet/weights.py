@@ -123,37 +123,46 @@ def _unwrap(obj: object, path: Path) -> StateDict:
     raise GhostnetError(f"{path}: no tensors found; is this a model checkpoint?")
 
 
-def load_state_dict_file(path: str | os.PathLike) -> StateDict:
-    """Read a weights file safely (safetensors, or torch.load with ``weights_only=True``)."""
+def safe_torch_load(path: str | os.PathLike) -> object:
+    """``torch.load(weights_only=True)`` with one clear line for every way it can fail."""
     path = Path(path)
     if not path.is_file():
-        raise GhostnetError(f"weights file not found: {path}")
+        raise GhostnetError(f"file not found: {path}")
     if path.stat().st_size == 0:
         raise GhostnetError(f"{path}: file is empty (0 bytes); download or save it again")
-    if path.suffix == ".safetensors":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(str(path))
-        except (SafetensorError, OSError, ValueError) as exc:
-            raise GhostnetError(
-                f"{path}: not a readable safetensors file ({exc}); truncated or corrupt?"
-            ) from exc
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         raise GhostnetError(
             f"{path}: refused to load: the file holds pickled Python objects other than "
-            "tensors, which could run code. Re-save only the state_dict (or use "
-            "safetensors) from a trusted copy"
+            "tensors and plain data, which could run code. Re-save only the state_dict "
+            "(or use safetensors) from a trusted copy"
         ) from exc
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
         raise GhostnetError(
             f"{path}: not a readable PyTorch checkpoint ({str(exc).splitlines()[0]}); "
             "truncated or corrupt? Download or save it again"
         ) from exc
-    return _unwrap(obj, path)
+
+
+def load_state_dict_file(path: str | os.PathLike) -> StateDict:
+    """Read a weights file safely (safetensors, or torch.load with ``weights_only=True``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise GhostnetError(f"weights file not found: {path}")
+    if path.suffix != ".safetensors":
+        return _unwrap(safe_torch_load(path), path)
+    if path.stat().st_size == 0:
+        raise GhostnetError(f"{path}: file is empty (0 bytes); download or save it again")
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise GhostnetError(
+            f"{path}: not a readable safetensors file ({exc}); truncated or corrupt?"
+        ) from exc
 
 
 def _preview(items: Iterable[str], limit: int = 6) -> str:

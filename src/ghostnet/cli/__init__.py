@@ -12,6 +12,9 @@ from ..errors import GhostnetError
 
 # subcommand -> module in this package (each defines add_parser(subparsers) and run(args))
 COMMANDS = {
+    "train": "train",
+    "eval": "evaluate",
+    "predict": "predict",
     "profile": "profile",
     "paper-table": "paper_table",
     "models": "models",
@@ -39,7 +42,8 @@ def _version() -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``ghostnet`` console script; returns the exit status."""
-    logging.basicConfig(level=logging.INFO, format="ghostnet: %(message)s", stream=sys.stderr)
+    logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s", stream=sys.stderr)
+    logging.getLogger("ghostnet").setLevel(logging.INFO)
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "run", None):

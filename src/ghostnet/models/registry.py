@@ -84,6 +84,12 @@ def default_input_size(name: str) -> tuple[int, int, int]:
     return _REGISTRY[name].input_size if name in _REGISTRY else (3, 224, 224)
 
 
+def _bad_kwargs(name: str, kwargs: dict[str, Any], exc: Exception) -> GhostnetError:
+    if isinstance(exc, GhostnetError):
+        return exc
+    return GhostnetError(f"cannot build {name} with {kwargs or 'no arguments'}: {exc}")
+
+
 def _external(name: str, kwargs: dict[str, Any], pretrained: bool) -> nn.Module:
     """Build ``torchvision:NAME`` or ``timm:NAME``."""
     library, _, model_name = name.partition(":")
@@ -102,7 +108,9 @@ def _external(name: str, kwargs: dict[str, Any], pretrained: bool) -> nn.Module:
                     f"could not fetch torchvision weights for {model_name} ({exc}); offline? "
                     "build it without pretrained and load a local file with --pretrained PATH"
                 ) from exc
-            raise
+            raise _bad_kwargs(name, kwargs, exc) from exc
+        except (TypeError, ValueError) as exc:
+            raise _bad_kwargs(name, kwargs, exc) from exc
     if library == "timm":
         try:
             import timm
@@ -112,7 +120,10 @@ def _external(name: str, kwargs: dict[str, Any], pretrained: bool) -> nn.Module:
             ) from exc
         if not timm.is_model(model_name):
             raise GhostnetError(_unknown(model_name, timm.list_models(), "timm.list_models()"))
-        return timm.create_model(model_name, pretrained=pretrained, **kwargs)
+        try:
+            return timm.create_model(model_name, pretrained=pretrained, **kwargs)
+        except (TypeError, ValueError, KeyError) as exc:
+            raise _bad_kwargs(name, kwargs, exc) from exc
     raise GhostnetError(
         f"unknown model source {library!r} in {name!r}: use torchvision:NAME or timm:NAME"
     )
@@ -136,8 +147,8 @@ def create_model(
     entry = get_entry(name)
     try:
         model = entry.builder(**kwargs)
-    except TypeError as exc:
-        raise GhostnetError(f"{name}: bad argument ({exc})") from exc
+    except (TypeError, ValueError) as exc:
+        raise _bad_kwargs(name, kwargs, exc) from exc
     if pretrained is False or pretrained is None:
         return model
     path = fetch_pretrained(name) if pretrained is True else pretrained

@@ -1,0 +1,86 @@
+"""Training checkpoints: atomic writes, safe reads, and rebuilding the model they record.
+
+A checkpoint is a dict of tensors and plain data (no pickled classes), so it loads with
+``torch.load(weights_only=True)``. It records the model (``ModelSpec``), the class names
+and the data preset, so evaluation and prediction need no other flag.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .data import Preset
+from .errors import GhostnetError
+from .models import ModelSpec
+from .weights import load_into, safe_torch_load
+
+FORMAT = "ghostnet-checkpoint/1"
+
+
+def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
+    """Write ``obj`` with torch.save to a temp file in the same folder, fsync, then rename.
+
+    A kill at any moment leaves either the previous file or the new one, never a torn file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    return path
+
+
+def remove_stale_temp_files(folder: str | os.PathLike) -> None:
+    """Delete temp files a killed writer left behind (never the checkpoints themselves)."""
+    for tmp in Path(folder).glob(".*.tmp-*"):
+        tmp.unlink(missing_ok=True)
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Load a ghostnet training checkpoint safely; other files get a clear error."""
+    data = safe_torch_load(path)
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise GhostnetError(
+            f"{path}: not a ghostnet training checkpoint (no '{FORMAT}' record); for a bare "
+            "state_dict use --model NAME --pretrained PATH instead"
+        )
+    return data
+
+
+def evaluation_weights(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The weights that were evaluated: the EMA average when the run kept one."""
+    ema = checkpoint.get("ema")
+    if ema:
+        prefix = "module."
+        return {k[len(prefix) :]: v for k, v in ema.items() if k.startswith(prefix)}
+    return checkpoint["model"]
+
+
+def model_from_checkpoint(path: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the recorded model, load its evaluation weights, return (model, checkpoint)."""
+    checkpoint = read_checkpoint(path)
+    spec = ModelSpec.from_dict(checkpoint["model_spec"])
+    model = spec.build()
+    load_into(model, evaluation_weights(checkpoint), source=str(path))
+    return model.eval(), checkpoint
+
+
+def checkpoint_preset(checkpoint: dict[str, Any]) -> Preset:
+    return Preset.from_dict(checkpoint["preset"])

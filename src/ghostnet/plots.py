@@ -1,0 +1,33 @@
+"""Training curves (matplotlib, headless)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+def plot_curves(history: list[dict[str, Any]], path: str | Path, title: str = "") -> Path:
+    """Loss and top-1 per epoch, train vs eval, saved as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
+    ax_loss.plot(epochs, [h["train_loss"] for h in history], marker="o", label="train")
+    ax_loss.plot(epochs, [h["eval_loss"] for h in history], marker="o", label="eval")
+    ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
+    ax_acc.plot(epochs, [h["train_top1"] for h in history], marker="o", label="train top-1")
+    ax_acc.plot(epochs, [h["eval_top1"] for h in history], marker="o", label="eval top-1")
+    ax_acc.plot(epochs, [h["eval_top5"] for h in history], marker=".", ls="--", label="eval top-5")
+    ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    if title:
+        fig.suptitle(title)
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
