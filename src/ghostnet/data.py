@@ -75,10 +75,14 @@ def read_image(path: str | os.PathLike) -> torch.Tensor:
                 arr = np.clip(arr / scale, 0, 255).astype(np.uint8)
                 arr = np.repeat(arr[:, :, None], 3, axis=2)
             else:
+                if img.mode == "P":  # palette, possibly with transparency
+                    img = img.convert("RGBA")
                 arr = np.array(img.convert("RGB"))
     except BadImageError:
         raise
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+    except UnidentifiedImageError as exc:
+        raise BadImageError(f"{path}: not a readable image (unknown or corrupt format)") from exc
+    except (OSError, ValueError, SyntaxError) as exc:
         raise BadImageError(f"{path}: not a readable image ({exc})") from exc
     return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
 
