@@ -3,40 +3,78 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 
 import torch
 
 from ..checkpoint import checkpoint_preset, model_from_checkpoint
-from ..data import build_transform, load_images_for_prediction
+from ..data import Preset, build_transform, load_images_for_prediction
+from ..deploy import OnnxSession
 from ..errors import GhostnetError
 from .common import print_json
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="classify images with a checkpoint", description=__doc__)
-    p.add_argument("images", nargs="+", metavar="IMAGE_OR_DIR")
-    p.add_argument("--checkpoint", required=True, help="a training checkpoint (last.pt/best.pt)")
+    p.add_argument(
+        "images",
+        nargs="+",
+        metavar="IMAGE_OR_DIR",
+        help="images or folders (with --backend onnxruntime: FILE.onnx first)",
+    )
+    p.add_argument("--checkpoint", help="a training checkpoint (last.pt/best.pt)")
+    p.add_argument(
+        "--backend",
+        default="torch",
+        choices=["torch", "onnxruntime"],
+        help="onnxruntime: run an exported FILE.onnx (from `ghostnet export`)",
+    )
     p.add_argument("--topk", type=int, default=5)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(run=run)
 
 
+def _load(args: argparse.Namespace) -> tuple[Callable, list[str], Preset, list[str]]:
+    """(model callable, class names, preset, remaining inputs) for the chosen backend."""
+    if args.backend == "onnxruntime":
+        onnx_file, *inputs = args.images
+        if not inputs:
+            raise GhostnetError("give the ONNX file first, then images or folders")
+        session = OnnxSession(onnx_file)
+        preset = session.metadata.get("preset")
+        if preset is None:
+            raise GhostnetError(
+                f"{onnx_file} has no ghostnet preset metadata; export it with `ghostnet export`"
+            )
+        classes = session.metadata.get("classes")
+        classes = classes or [str(i) for i in range(session.session.get_outputs()[0].shape[1])]
+        return session, classes, Preset.from_dict(preset), inputs
+    if not args.checkpoint:
+        raise GhostnetError("give --checkpoint FILE (or --backend onnxruntime FILE.onnx)")
+    model, checkpoint = model_from_checkpoint(args.checkpoint)
+    return model, checkpoint["classes"], checkpoint_preset(checkpoint), args.images
+
+
 def run(args: argparse.Namespace) -> int:
     if args.topk < 1:
         raise GhostnetError(f"--topk must be >= 1, got {args.topk}")
-    model, checkpoint = model_from_checkpoint(args.checkpoint)
-    classes = checkpoint["classes"]
-    transform = build_transform(checkpoint_preset(checkpoint), train=False)
-    paths, images = load_images_for_prediction(args.images)
+    model, classes, preset, inputs = _load(args)
+    transform = build_transform(preset, train=False)
+    paths, images = load_images_for_prediction(inputs)
     k = min(args.topk, len(classes))
+    fixed = getattr(model, "input_shape", [None])[0]
+    batch_size = fixed if isinstance(fixed, int) else args.batch_size
     results = []
     with torch.inference_mode():
-        for start in range(0, len(images), args.batch_size):
-            batch = torch.stack([transform(img) for img in images[start : start + args.batch_size]])
-            probs = model(batch).softmax(dim=1)
+        for start in range(0, len(images), batch_size):
+            batch = torch.stack([transform(img) for img in images[start : start + batch_size]])
+            count = len(batch)
+            if isinstance(fixed, int) and count < fixed:  # pad a fixed-batch ONNX model
+                batch = torch.cat([batch, batch[-1:].expand(fixed - count, -1, -1, -1)])
+            probs = model(batch)[:count].softmax(dim=1)
             top = probs.topk(k, dim=1)
-            for i in range(len(batch)):
+            for i in range(count):
                 results.append(
                     {
                         "image": paths[start + i],

@@ -1,0 +1,99 @@
+"""``ghostnet bench``: inference latency and throughput across models and backends."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from ..bench import (
+    BACKENDS,
+    fastest,
+    format_records,
+    machine_info,
+    records_as_dicts,
+    resolve_model,
+    run_benchmark,
+)
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "bench", help="latency/throughput per model and backend", description=__doc__
+    )
+    p.add_argument(
+        "--models",
+        default="ghostnet_100,timm:ghostnet_100,mobilenetv3_large_100,resnet50,ghost_resnet50",
+        help="comma-separated model names",
+    )
+    p.add_argument("--batch-sizes", default="1,16")
+    p.add_argument(
+        "--backends",
+        default="eager,onnxruntime",
+        help=f"comma-separated, from {', '.join(BACKENDS)}",
+    )
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--json", metavar="FILE", help="write one record per model/backend/batch")
+    p.set_defaults(run=run)
+
+
+def ratio_lines(records: list, models: list[str], batch_sizes: list[int]) -> list[str]:
+    """The issue's comparisons, when the models involved were benchmarked."""
+    lines = []
+    for batch in batch_sizes:
+        ours = fastest(records, "ghostnet_100", batch)
+        timm_eager = fastest(records, "timm:ghostnet_100", batch, ["eager"])
+        if ours and timm_eager:
+            lines.append(
+                f"batch {batch}: ghostnet_100 {ours.backend} vs timm ghostnet_100 "
+                f"eager: {timm_eager.median_ms / ours.median_ms:.2f}x faster"
+            )
+        mobilenet = next((m for m in models if "mobilenet" in m), None)
+        if ours and mobilenet:
+            peer = fastest(records, mobilenet, batch, [ours.backend])
+            if peer:
+                lines.append(
+                    f"batch {batch}: ghostnet_100 vs {mobilenet} on {ours.backend}: "
+                    f"{peer.median_ms / ours.median_ms:.2f}x faster "
+                    f"(MACs ratio {peer.macs / ours.macs:.2f}x)"
+                )
+        ghost = fastest(records, "ghost_resnet50", batch)
+        if ghost:
+            base = fastest(records, "torchvision:resnet50", batch, [ghost.backend])
+            if base:
+                lines.append(
+                    f"batch {batch}: ghost_resnet50 vs resnet50 on {ghost.backend}: "
+                    f"{base.median_ms / ghost.median_ms:.2f}x faster "
+                    f"(MACs ratio {base.macs / ghost.macs:.2f}x)"
+                )
+    return lines
+
+
+def run(args: argparse.Namespace) -> int:
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
+    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    records = run_benchmark(
+        models,
+        batch_sizes,
+        backends,
+        threads=args.threads,
+        repeats=args.repeats,
+        warmup=args.warmup,
+        progress=lambda msg: print(msg, file=sys.stderr),
+    )
+    info = machine_info()
+    print(
+        f"{info['processor']} ({info['logical_cpus']} logical CPUs), {args.threads} threads; "
+        f"torch {info['torch']}, onnxruntime {info['onnxruntime']}, "
+        f"openvino {info['openvino']}; {args.repeats} interleaved repeats, medians"
+    )
+    print(format_records(records))
+    for line in ratio_lines(records, [resolve_model(m) for m in models], batch_sizes):
+        print(line)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(records_as_dicts(records), f, indent=2)
+    return 0

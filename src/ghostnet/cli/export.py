@@ -1,0 +1,83 @@
+"""``ghostnet export``: the deploy form (BN folded) as ONNX, checked against ONNX Runtime."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..checkpoint import model_from_checkpoint
+from ..data import CIFAR_MEAN, CIFAR_STD, IMAGENET_MEAN, IMAGENET_STD
+from ..deploy import count_batchnorm, export_onnx, fuse, onnx_op_counts, verify_onnx
+from ..errors import GhostnetError
+from .common import add_model_args, input_size_for, parse_size, spec_from_args
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="export the deploy form to ONNX", description=__doc__)
+    add_model_args(p, required=False)
+    p.add_argument("--checkpoint", help="a training checkpoint (model, classes, preset)")
+    p.add_argument("--pretrained", help="weights file for --model (or 'true': published)")
+    p.add_argument("--format", default="onnx", choices=["onnx"])
+    p.add_argument("--out", required=True, help="output .onnx file")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--batch-size", type=int, default=1, help="fixed batch size (default 1)")
+    group.add_argument("--dynamic-batch", action="store_true", help="any batch size")
+    p.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's)")
+    p.add_argument("--input-size", type=parse_size, help="C,H,W (default: the model's own)")
+    p.add_argument("--tolerance", type=float, default=1e-4, help="max |torch - ORT| accepted")
+    p.set_defaults(run=run)
+
+
+def _preset_for(size: tuple[int, int, int]) -> dict:
+    small = max(size[1:]) <= 64
+    mean, std = (CIFAR_MEAN, CIFAR_STD) if small else (IMAGENET_MEAN, IMAGENET_STD)
+    return {
+        "name": "cifar" if small else "imagenet",
+        "input_size": size[1],
+        "mean": list(mean),
+        "std": list(std),
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    metadata: dict = {}
+    if args.checkpoint:
+        model, checkpoint = model_from_checkpoint(args.checkpoint)
+        preset = checkpoint["preset"]
+        size = args.input_size or (3, preset["input_size"], preset["input_size"])
+        metadata = {
+            "classes": checkpoint["classes"],
+            "preset": preset,
+            "model_spec": checkpoint["model_spec"],
+        }
+    elif args.model:
+        spec = spec_from_args(args)
+        pretrained = {"true": True, None: False}.get(args.pretrained, args.pretrained)
+        model = spec.build(pretrained=pretrained)
+        size = input_size_for(args, spec)
+        metadata = {"preset": _preset_for(size), "model_spec": spec.to_dict()}
+    else:
+        raise GhostnetError("give --model NAME or --checkpoint FILE")
+    model.eval()
+    deploy = fuse(model)
+    path = export_onnx(
+        deploy,
+        args.out,
+        size,
+        batch_size=args.batch_size,
+        dynamic_batch=args.dynamic_batch,
+        opset=args.opset,
+        metadata=metadata,
+    )
+    batch = 2 if args.dynamic_batch else args.batch_size
+    diff = verify_onnx(model, path, size, batch_size=batch, tolerance=args.tolerance)
+    ops = onnx_op_counts(path)
+    print(
+        f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB): input "
+        f"{'N' if args.dynamic_batch else args.batch_size}x{'x'.join(map(str, size))}, "
+        f"{sum(ops.values())} ops ({', '.join(f'{k} {v}' for k, v in sorted(ops.items()))})"
+    )
+    print(
+        f"BN folded: {count_batchnorm(model)} -> {count_batchnorm(deploy)} BatchNorm layers; "
+        f"ONNX Runtime vs PyTorch max abs diff {diff:.2e} (limit {args.tolerance:g})"
+    )
+    return 0

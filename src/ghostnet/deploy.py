@@ -1,0 +1,348 @@
+"""Deployment: BN folding, ONNX export verified by ONNX Runtime, inference sessions.
+
+``fuse(model)`` returns an eval-mode copy with every BatchNorm folded into the conv that
+feeds it: Ghost modules' primary and cheap branches, bottleneck depthwise convs, shortcuts,
+ghostified convs and plain conv-BN pairs of any FX-traceable model (others: conv-BN pairs
+inside ``nn.Sequential``). Outputs stay identical to float rounding.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.fx
+from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
+
+from .errors import GhostnetError
+from .layers import GhostConv2d
+
+log = logging.getLogger("ghostnet")
+
+
+# ----------------------------------------------------------------------------- fusion
+
+
+class FusedGhostConv2d(nn.Module):
+    """A GhostConv2d with the BatchNorm that followed it folded in (inference only).
+
+    The ghost half of the BN folds into the cheap depthwise conv. The intrinsic half cannot
+    fold into the primary conv, because the cheap op must still see the un-normalised maps
+    (folding would change its input, and zero padding makes that non-linear at the
+    borders); it stays as one per-channel multiply-add on the intrinsic maps only.
+    """
+
+    def __init__(self, ghost: GhostConv2d, bn: nn.BatchNorm2d | None) -> None:
+        super().__init__()
+        primary = ghost.primary_conv
+        if ghost.inner_bn is not None:
+            primary = fuse_conv_bn_eval(primary, ghost.inner_bn)
+        self.primary_conv = primary
+        m = primary.out_channels
+        self.cheap_operation = ghost.cheap_operation
+        self._first_maps = ghost._first_maps
+        self.register_buffer("ghost_sources", ghost.ghost_sources.clone(), persistent=False)
+        scale = torch.ones(m)
+        shift = torch.zeros(m)
+        if bn is not None:
+            std = torch.sqrt(bn.running_var + bn.eps)
+            weight = bn.weight if bn.affine else torch.ones_like(std)
+            bias = bn.bias if bn.affine else torch.zeros_like(std)
+            full_scale = (weight / std).detach()
+            full_shift = (bias - bn.running_mean * weight / std).detach()
+            scale, shift = full_scale[:m].clone(), full_shift[:m].clone()
+            if self.cheap_operation is not None:
+                cheap_bn = nn.BatchNorm2d(self.cheap_operation.out_channels, eps=0.0)
+                cheap_bn.eval()
+                cheap_bn.running_mean.zero_()
+                cheap_bn.running_var.fill_(1.0)
+                cheap_bn.weight.data.copy_(full_scale[m:])
+                cheap_bn.bias.data.copy_(full_shift[m:])
+                self.cheap_operation = fuse_conv_bn_eval(self.cheap_operation, cheap_bn)
+        self.register_buffer("scale", scale.view(1, -1, 1, 1))
+        self.register_buffer("shift", shift.view(1, -1, 1, 1))
+        self._identity = bn is None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        intrinsic = self.primary_conv(x)
+        if self.cheap_operation is None:
+            return intrinsic if self._identity else torch.addcmul(self.shift, intrinsic, self.scale)
+        if self._first_maps:
+            source = intrinsic[:, : self.cheap_operation.in_channels]
+        else:
+            source = intrinsic.index_select(1, self.ghost_sources)
+        ghosts = self.cheap_operation(source)
+        if not self._identity:
+            intrinsic = torch.addcmul(self.shift, intrinsic, self.scale)
+        return torch.cat([intrinsic, ghosts], dim=1)
+
+
+class _GhostLeafTracer(torch.fx.Tracer):
+    """Keeps GhostConv2d as one node, so 'GhostConv2d -> BN' can be folded as a pair."""
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return isinstance(m, GhostConv2d) or super().is_leaf_module(m, qualname)
+
+
+def _fold(producer: nn.Module, bn: nn.Module) -> nn.Module | None:
+    if type(producer) is nn.Conv2d and isinstance(bn, nn.BatchNorm2d):
+        return fuse_conv_bn_eval(producer, bn)
+    if isinstance(producer, GhostConv2d) and isinstance(bn, nn.BatchNorm2d):
+        return FusedGhostConv2d(producer, bn)
+    if type(producer) is nn.Linear and isinstance(bn, nn.BatchNorm1d):
+        return fuse_linear_bn_eval(producer, bn)
+    return None
+
+
+def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, attr = name.rpartition(".")
+    parent = root.get_submodule(parent_name) if parent_name else root
+    setattr(parent, attr, module)
+
+
+def _fuse_graph(model: nn.Module) -> nn.Module:
+    graph = _GhostLeafTracer().trace(model)
+    gm = torch.fx.GraphModule(model, graph, class_name=type(model).__name__)
+    modules = dict(gm.named_modules())
+    for node in list(gm.graph.nodes):
+        is_bn = isinstance(modules.get(node.target), (nn.BatchNorm1d, nn.BatchNorm2d))
+        if node.op != "call_module" or not is_bn:
+            continue
+        source = node.args[0]
+        if not isinstance(source, torch.fx.Node) or source.op != "call_module":
+            continue
+        if len(source.users) != 1:  # the un-normalised output is used elsewhere too
+            continue
+        fused = _fold(modules[source.target], modules[node.target])
+        if fused is None:
+            continue
+        _set_submodule(gm, source.target, fused)
+        modules[source.target] = fused
+        node.replace_all_uses_with(source)
+        gm.graph.erase_node(node)
+    # Ghost layers with no BN after them still fold their inner BN
+    for name, module in list(gm.named_modules()):
+        if isinstance(module, GhostConv2d):
+            _set_submodule(gm, name, FusedGhostConv2d(module, None))
+    gm.graph.lint()
+    gm.delete_all_unused_submodules()
+    gm.recompile()
+    return gm
+
+
+def _fuse_sequential(model: nn.Module) -> int:
+    """Fallback for models FX cannot trace: conv-BN pairs adjacent in an nn.Sequential."""
+    count = 0
+    for seq in [m for m in model.modules() if isinstance(m, nn.Sequential)]:
+        children = list(seq._modules.items())
+        for (name_a, a), (name_b, b) in itertools.pairwise(children):
+            if (fused := _fold(a, b)) is not None:
+                seq._modules[name_a] = fused
+                seq._modules[name_b] = nn.Identity()
+                count += 1
+    for name, module in list(model.named_modules()):
+        if isinstance(module, GhostConv2d):
+            _set_submodule(model, name, FusedGhostConv2d(module, None))
+    return count
+
+
+def fuse(model: nn.Module) -> nn.Module:
+    """An eval-mode copy of ``model`` with BatchNorm folded into the preceding convs."""
+    model = copy.deepcopy(model).eval()
+    try:
+        return _fuse_graph(model)
+    except Exception as exc:  # torch.fx raises many types for untraceable code
+        folded = _fuse_sequential(model)
+        remaining = sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+        log.warning(
+            "%s is not FX-traceable (%s): folded %d conv-BN pairs found in nn.Sequential, "
+            "%d BatchNorm layers left",
+            type(model).__name__,
+            str(exc).splitlines()[0][:120],
+            folded,
+            remaining,
+        )
+        return model
+
+
+def count_batchnorm(model: nn.Module) -> int:
+    return sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+# ----------------------------------------------------------------------------- export
+
+
+def _opset_range() -> tuple[int, int]:
+    import onnx
+
+    return 13, onnx.defs.onnx_opset_version()
+
+
+def export_onnx(
+    model: nn.Module,
+    path: str | os.PathLike,
+    input_size: Sequence[int] = (3, 224, 224),
+    *,
+    batch_size: int = 1,
+    dynamic_batch: bool = False,
+    opset: int | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> Path:
+    """Export the deploy form of ``model`` to ONNX (one clear error if it cannot be)."""
+    try:
+        import onnx
+    except ImportError as exc:
+        raise GhostnetError("ONNX export needs: pip install 'ghostnet[onnx]'") from exc
+    low, high = _opset_range()
+    if opset is not None and not (low <= opset <= high):
+        raise GhostnetError(f"--opset must be between {low} and {high} (this onnx), got {opset}")
+    if batch_size < 1:
+        raise GhostnetError(f"--batch-size must be >= 1, got {batch_size}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model = model.eval()
+    example = torch.randn(batch_size, *input_size)
+    try:
+        with torch.no_grad():
+            model(example)
+    except Exception as exc:
+        raise GhostnetError(
+            f"the model does not run on input {tuple(example.shape)}: {str(exc).splitlines()[0]}"
+        ) from exc
+    errors = []
+    for dynamo in (True, False):  # torch.export-based exporter first, TorchScript fallback
+        kwargs: dict[str, Any] = dict(
+            input_names=["input"],
+            output_names=["logits"],
+            opset_version=opset or (18 if dynamo else 17),
+        )
+        if dynamic_batch:
+            if dynamo:
+                kwargs["dynamic_shapes"] = ({0: torch.export.Dim("batch", min=1, max=4096)},)
+            else:
+                kwargs["dynamic_axes"] = {"input": {0: "batch"}, "logits": {0: "batch"}}
+        try:
+            with torch.no_grad():
+                _quiet_export(model, example, path, dynamo, kwargs)
+            break
+        except Exception as exc:  # exporters raise many types; reported below in one line
+            errors.append(
+                f"{'torch.export' if dynamo else 'TorchScript'}: "
+                f"{str(exc).strip().splitlines()[0][:200]}"
+            )
+    else:
+        raise GhostnetError(
+            f"{type(model).__name__} cannot be exported to ONNX ({'; '.join(errors)}); "
+            "the model must be traceable by torch.export or TorchScript"
+        )
+    proto = onnx.load(str(path))
+    for key, value in (metadata or {}).items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, json.dumps(value)
+    onnx.save(proto, str(path))
+    return path
+
+
+def _quiet_export(
+    model: nn.Module, example: torch.Tensor, path: Path, dynamo: bool, kwargs: dict[str, Any]
+) -> None:
+    import contextlib
+    import io
+    import warnings
+
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (example,), str(path), dynamo=dynamo, **kwargs)
+
+
+def onnx_op_counts(path: str | os.PathLike) -> dict[str, int]:
+    import onnx
+
+    counts: dict[str, int] = {}
+    for node in onnx.load(str(path)).graph.node:
+        counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return counts
+
+
+class OnnxSession:
+    """An ONNX Runtime session that checks input shapes and reads ghostnet metadata."""
+
+    def __init__(self, path: str | os.PathLike, threads: int | None = None) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError as exc:
+            raise GhostnetError(
+                "the onnxruntime backend needs: pip install 'ghostnet[onnx]'"
+            ) from exc
+        path = Path(path)
+        if not path.is_file():
+            raise GhostnetError(f"ONNX file not found: {path}")
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads:
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+        try:
+            self.session = ort.InferenceSession(
+                str(path), options, providers=["CPUExecutionProvider"]
+            )
+        except Exception as exc:  # onnxruntime raises its own exception types
+            raise GhostnetError(f"{path}: not a loadable ONNX model ({str(exc)[:200]})") from exc
+        self.path = path
+        meta = self.session.get_modelmeta().custom_metadata_map
+        self.metadata = {k: json.loads(v) for k, v in meta.items()}
+        self.input = self.session.get_inputs()[0]
+
+    @property
+    def input_shape(self) -> list[int | str]:
+        return list(self.input.shape)
+
+    def __call__(self, x: torch.Tensor | Any) -> torch.Tensor:
+        array = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else x
+        expected = self.input_shape
+        ok = len(expected) == array.ndim and all(
+            not isinstance(e, int) or e == s for e, s in zip(expected, array.shape)
+        )
+        if not ok:
+            hint = ""
+            if len(expected) == array.ndim and expected[1:] == list(array.shape[1:]):
+                hint = f"; re-export with --batch-size {array.shape[0]} or --dynamic-batch"
+            raise GhostnetError(
+                f"{self.path.name} expects input {expected}, got {list(array.shape)}{hint}"
+            )
+        (out,) = self.session.run(None, {self.input.name: array.astype("float32")})
+        return torch.from_numpy(out)
+
+
+def verify_onnx(
+    model: nn.Module,
+    path: str | os.PathLike,
+    input_size: Sequence[int],
+    batch_size: int = 1,
+    trials: int = 3,
+    tolerance: float = 1e-4,
+) -> float:
+    """Max |PyTorch - ONNX Runtime| over random inputs; raises above ``tolerance``."""
+    session = OnnxSession(path)
+    worst = 0.0
+    generator = torch.Generator().manual_seed(0)
+    model = model.eval()
+    for _ in range(trials):
+        x = torch.randn(batch_size, *input_size, generator=generator)
+        with torch.no_grad():
+            expected = model(x)
+        worst = max(worst, (session(x) - expected).abs().max().item())
+    if worst > tolerance:
+        raise GhostnetError(
+            f"{path}: ONNX Runtime differs from PyTorch by {worst:.3g} (> {tolerance}); "
+            "the export is not faithful"
+        )
+    return worst
