@@ -329,13 +329,18 @@ class Preset:
         return cls(data["name"], int(data["input_size"]), tuple(data["mean"]), tuple(data["std"]))
 
 
-def choose_preset(name: str, split: Split, input_size: int | None = None) -> Preset:
-    """``auto`` picks ``cifar`` for images up to 64 px (kept at their size), else ``imagenet``."""
-    size = split.image_size
+def choose_preset(
+    name: str, image_size: tuple[int, int] | None = None, input_size: int | None = None
+) -> Preset:
+    """``auto`` picks ``cifar`` for images up to 64 px (kept at their size), else ``imagenet``.
+
+    ``image_size`` is the stored images' (H, W) when known (in-memory data sets)."""
     if name == "auto":
-        name = "cifar" if size is not None and max(size) <= IN_MEMORY_MAX_SIDE else "imagenet"
+        small = image_size is not None and max(image_size) <= IN_MEMORY_MAX_SIDE
+        name = "cifar" if small else "imagenet"
     if name == "cifar":
-        return Preset("cifar", input_size or (size[0] if size else 32), CIFAR_MEAN, CIFAR_STD)
+        side = input_size or (image_size[0] if image_size else 32)
+        return Preset("cifar", side, CIFAR_MEAN, CIFAR_STD)
     if name == "imagenet":
         return Preset("imagenet", input_size or 224, IMAGENET_MEAN, IMAGENET_STD)
     raise GhostnetError(f"unknown preset {name!r}: use auto, cifar or imagenet")
@@ -447,3 +452,35 @@ def load_images_for_prediction(inputs: Sequence[str]) -> tuple[list[str], list[t
         else:
             raise GhostnetError(f"image not found: {path}")
     return [str(p) for p in paths], [read_image(p) for p in paths]
+
+
+def sample_image_files(root: str | os.PathLike, count: int, seed: int = 0) -> list[Path]:
+    """``count`` image files under ``root`` (its test/ or val/ split if it has one), spread
+    evenly over the class subfolders and fixed by ``seed``."""
+    path = Path(root)
+    if not path.exists():
+        raise GhostnetError(f"image folder not found: {path}")
+    if path.is_file():
+        return [path]
+    for split in ("test", "val"):
+        if (path / split).is_dir():
+            path = path / split
+            break
+    groups: dict[str, list[Path]] = {}
+    for file in sorted(path.rglob("*")):
+        if file.is_file() and file.suffix.lower() in IMAGE_EXTENSIONS:
+            relative = file.relative_to(path)
+            groups.setdefault(relative.parts[0] if len(relative.parts) > 1 else "", []).append(file)
+    if not groups:
+        raise GhostnetError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found under {path}")
+    generator = torch.Generator().manual_seed(seed)
+    shuffled = [
+        [files[i] for i in torch.randperm(len(files), generator=generator).tolist()]
+        for files in groups.values()
+    ]
+    chosen: list[Path] = []
+    while len(chosen) < count and any(shuffled):
+        for files in shuffled:  # round robin over classes
+            if files and len(chosen) < count:
+                chosen.append(files.pop())
+    return chosen

@@ -487,7 +487,7 @@ def fit(config: TrainConfig, resume: str | os.PathLike | None = None) -> dict[st
         )
     if len(train_split) == 0 or len(eval_split) == 0:
         raise GhostnetError(f"{config.data}: the train or eval split is empty")
-    preset = choose_preset(config.preset, train_split, config.input_size)
+    preset = choose_preset(config.preset, train_split.image_size, config.input_size)
     train_set = ImageDataset(
         train_split, build_transform(preset, True), config.seed, config.strict_data
     )

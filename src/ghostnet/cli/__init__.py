@@ -17,6 +17,8 @@ COMMANDS = {
     "predict": "predict",
     "profile": "profile",
     "paper-table": "paper_table",
+    "analyze": "analyze",
+    "ghostify": "ghostify",
     "export": "export",
     "bench": "bench",
     "models": "models",

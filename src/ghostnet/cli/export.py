@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..checkpoint import model_from_checkpoint
-from ..data import CIFAR_MEAN, CIFAR_STD, IMAGENET_MEAN, IMAGENET_STD
+from ..data import choose_preset
 from ..deploy import count_batchnorm, export_onnx, fuse, onnx_op_counts, verify_onnx
 from ..errors import GhostnetError
 from .common import add_model_args, input_size_for, parse_size, spec_from_args
@@ -27,17 +27,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run)
 
 
-def _preset_for(size: tuple[int, int, int]) -> dict:
-    small = max(size[1:]) <= 64
-    mean, std = (CIFAR_MEAN, CIFAR_STD) if small else (IMAGENET_MEAN, IMAGENET_STD)
-    return {
-        "name": "cifar" if small else "imagenet",
-        "input_size": size[1],
-        "mean": list(mean),
-        "std": list(std),
-    }
-
-
 def run(args: argparse.Namespace) -> int:
     metadata: dict = {}
     if args.checkpoint:
@@ -54,7 +43,8 @@ def run(args: argparse.Namespace) -> int:
         pretrained = {"true": True, None: False}.get(args.pretrained, args.pretrained)
         model = spec.build(pretrained=pretrained)
         size = input_size_for(args, spec)
-        metadata = {"preset": _preset_for(size), "model_spec": spec.to_dict()}
+        preset = choose_preset("auto", size[1:], size[1]).to_dict()
+        metadata = {"preset": preset, "model_spec": spec.to_dict()}
     else:
         raise GhostnetError("give --model NAME or --checkpoint FILE")
     model.eval()

@@ -1,0 +1,157 @@
+"""``ghostnet analyze``: find the ghosts in a (trained) model's feature maps.
+
+For each layer: cheap-op fits between all pairs of its maps, the ghost fraction, the greedy
+set of intrinsic maps and the ratio s it suggests; a report.json, a table and figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from ..analysis.report import analyze_model, write_report
+from ..checkpoint import checkpoint_preset, model_from_checkpoint
+from ..data import build_transform, choose_preset, read_image, sample_image_files
+from ..errors import GhostnetError
+from ..models import ModelSpec
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "analyze",
+        help="feature-map redundancy: ghost pairs, suggested ratios",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--model", help="model name (not needed with --checkpoint)")
+    p.add_argument("--checkpoint", help="a training checkpoint to analyse")
+    p.add_argument("--images", required=True, help="image folder (its test/ split if present)")
+    p.add_argument(
+        "--layers", default="all-convs", help="comma-separated module names, or all-convs (default)"
+    )
+    p.add_argument("--num-images", type=int, default=64)
+    p.add_argument(
+        "--threshold",
+        type=float,
+        default=0.1,
+        help="relative error (1 - R^2) below which a map counts as a ghost",
+    )
+    p.add_argument("--dw-size", type=int, default=3, help="cheap-op kernel d of the fits")
+    p.add_argument(
+        "--max-positions", type=int, default=16384, help="pixels sampled per layer for the fits"
+    )
+    p.add_argument(
+        "--compare-untrained",
+        action="store_true",
+        help="also analyse the same architecture freshly initialised",
+    )
+    p.add_argument("--figure-layer", help="layer for the map figures (default: most ghosts)")
+    p.add_argument("--out", required=True, help="folder for report.json and figures")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(run=run)
+
+
+def _model_and_preset(args: argparse.Namespace):
+    if args.checkpoint:
+        model, checkpoint = model_from_checkpoint(args.checkpoint)
+        spec = ModelSpec.from_dict(checkpoint["model_spec"])
+        if args.model and args.model != spec.name:
+            raise GhostnetError(
+                f"--checkpoint {args.checkpoint} holds a {spec.name}, not {args.model}; "
+                "drop --model or pass the matching checkpoint"
+            )
+        return model, spec, checkpoint_preset(checkpoint), checkpoint["classes"]
+    if not args.model:
+        raise GhostnetError("give --model NAME or --checkpoint FILE")
+    spec = ModelSpec(args.model)
+    torch.manual_seed(args.seed)
+    model = spec.build().eval()
+    return model, spec, None, None
+
+
+def run(args: argparse.Namespace) -> int:
+    model, spec, preset, _classes = _model_and_preset(args)
+    files = sample_image_files(args.images, args.num_images, args.seed)
+    decoded = [read_image(f) for f in files]
+    if preset is None:  # no checkpoint: the model's own input size decides
+        size = spec.input_size
+        preset = choose_preset("auto", size[1:], size[1])
+    transform = build_transform(preset, train=False)
+    images = torch.stack([transform(img) for img in decoded])
+    out = Path(args.out)
+    report, details = analyze_model(
+        model,
+        images,
+        args.layers,
+        threshold=args.threshold,
+        dw_size=args.dw_size,
+        max_positions=args.max_positions,
+    )
+    report["model"] = spec.to_dict()
+    report["checkpoint"] = args.checkpoint
+    reports = [("trained" if args.checkpoint else "this model", report)]
+    if args.compare_untrained:
+        torch.manual_seed(args.seed)
+        fresh = spec.build().eval()
+        untrained, _ = analyze_model(
+            fresh,
+            images,
+            [layer["name"] for layer in report["layers"]],
+            threshold=args.threshold,
+            dw_size=args.dw_size,
+            max_positions=args.max_positions,
+        )
+        report["untrained"] = untrained
+        reports.append(("untrained (same architecture)", untrained))
+    path = write_report(report, out / "report.json")
+    _print_table(report)
+    try:
+        from ..analysis import figures
+    except ImportError:
+        print("matplotlib not installed: no figures (pip install 'ghostnet[viz]')")
+        return 0
+    layer = (
+        args.figure_layer
+        or max(report["layers"], key=lambda entry: (entry["ghost_fraction"], -entry["depth"]))[
+            "name"
+        ]
+    )
+    if layer not in details:
+        raise GhostnetError(f"--figure-layer {layer!r} is not among the analysed layers")
+    maps, fits = details[layer]
+    written = [
+        figures.feature_grid(maps, fits, layer, out / "feature_maps.png"),
+        figures.pair_details(maps, fits, layer, out / "ghost_pairs.png"),
+        figures.ratios_by_depth(reports, out / "ratios.png"),
+    ]
+    print(f"report: {path}; figures: {', '.join(str(p) for p in written)}")
+    return 0
+
+
+def _print_table(report: dict) -> None:
+    untrained = {e["name"]: e for e in report.get("untrained", {}).get("layers", [])}
+    header = (
+        f"{'layer':<28} {'kind':<12} {'C':>5} {'HxW':>7} {'ghosts':>7} {'dead':>5} "
+        f"{'intr.':>6} {'s':>3} {'C/intr':>7}"
+    )
+    if untrained:
+        header += f" | {'untrained: ghosts':>17} {'C/intr':>7}"
+    print(
+        f"{report['num_images']} images, threshold {report['threshold']} (1 - R^2), "
+        f"d={report['dw_size']}"
+    )
+    print(header)
+    print("-" * len(header))
+    for e in report["layers"]:
+        hw = "x".join(map(str, e["spatial"]))
+        line = (
+            f"{e['name']:<28} {e['kind']:<12} {e['channels']:>5} {hw:>7} "
+            f"{e['ghost_fraction']:>6.0%} {e['dead_maps']:>5} {len(e['intrinsic']):>6} "
+            f"{e['suggested_ratio']:>3} {e['ratio_exact']:>7.2f}"
+        )
+        if e["name"] in untrained:
+            u = untrained[e["name"]]
+            line += f" | {u['ghost_fraction']:>17.0%} {u['ratio_exact']:>7.2f}"
+        print(line)
