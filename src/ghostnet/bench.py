@@ -153,7 +153,7 @@ def build_runner(
     if backend in ("onnxruntime", "openvino"):
         path = workdir / f"{id(model)}_b{batch}.onnx"
         if not path.exists():
-            export_onnx(deploy, path, input_size, batch_size=batch)
+            export_onnx(deploy, path, input_size, batch_size=batch, reference=model)
         if backend == "onnxruntime":
             return OnnxSession(path, threads=threads)
         return _openvino_runner(path, threads)

@@ -195,8 +195,15 @@ def export_onnx(
     dynamic_batch: bool = False,
     opset: int | None = None,
     metadata: dict[str, Any] | None = None,
-) -> Path:
-    """Export the deploy form of ``model`` to ONNX (one clear error if it cannot be)."""
+    reference: nn.Module | None = None,
+    tolerance: float = 1e-4,
+) -> tuple[Path, float]:
+    """Export ``model`` (normally the deploy form) to ONNX and check it in ONNX Runtime.
+
+    The ONNX model runs on random inputs next to ``reference`` (default: ``model``); above
+    ``tolerance`` the file is deleted and a clear error raised (a tracer that silently baked
+    a data-dependent branch into constants is caught here). Returns (path, max abs diff).
+    """
     try:
         import onnx
     except ImportError as exc:
@@ -248,7 +255,13 @@ def export_onnx(
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, json.dumps(value)
     onnx.save(proto, str(path))
-    return path
+    check_batch = 2 if dynamic_batch else batch_size
+    try:
+        diff = verify_onnx(reference or model, path, input_size, check_batch, tolerance=tolerance)
+    except GhostnetError:
+        path.unlink(missing_ok=True)
+        raise
+    return path, diff
 
 
 def _quiet_export(
@@ -299,7 +312,13 @@ class OnnxSession:
         self.path = path
         meta = self.session.get_modelmeta().custom_metadata_map
         self.metadata = {k: json.loads(v) for k, v in meta.items()}
-        self.input = self.session.get_inputs()[0]
+        inputs = self.session.get_inputs()
+        if len(inputs) != 1:
+            raise GhostnetError(
+                f"{path}: expected one image input, the graph has {len(inputs)} (a forward "
+                "whose result does not depend on its input was traced into constants?)"
+            )
+        self.input = inputs[0]
 
     @property
     def input_shape(self) -> list[int | str]:

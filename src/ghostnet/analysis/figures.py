@@ -10,8 +10,16 @@ import torch
 
 from .redundancy import PairFits, reconstruct, top_pairs
 
-PAIR_COLOURS = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6",
-                "#bfef45"]  # fmt: skip
+PAIR_COLOURS = [
+    "#e6194b",
+    "#3cb44b",
+    "#4363d8",
+    "#f58231",
+    "#911eb4",
+    "#42d4f4",
+    "#f032e6",
+    "#bfef45",
+]
 
 
 def _pyplot():
@@ -69,8 +77,11 @@ def feature_grid(
             ax.set_title(f"{c}: {label}", fontsize=6, color=colour)
         else:
             ax.set_title(str(c), fontsize=6)
-    fig.suptitle(f"{layer}: feature maps of one image; outlined: best cheap-op pairs "
-                 f"(relative error in brackets)", fontsize=9)  # fmt: skip
+    fig.suptitle(
+        f"{layer}: feature maps of one image; outlined: best cheap-op pairs "
+        f"(relative error in brackets)",
+        fontsize=9,
+    )
     path = Path(path)
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
@@ -88,18 +99,24 @@ def pair_details(
     """For the top pairs: source map, target map, cheap-op reconstruction, fitted kernel."""
     plt = _pyplot()
     chosen = top_pairs(fits, pairs)
-    fig, axes = plt.subplots(max(len(chosen), 1), 4, figsize=(8, 2.0 * max(len(chosen), 1)),
-                             squeeze=False)  # fmt: skip
+    rows = max(len(chosen), 1)
+    fig, axes = plt.subplots(
+        rows, 4, figsize=(8, 2.0 * rows + 0.4), squeeze=False, constrained_layout=True
+    )
     for row, (i, j, err) in enumerate(chosen):
         source, target = maps[image_index, i], maps[image_index, j]
         recon = reconstruct(source, fits.kernels[i, j], float(fits.bias[i, j]))
         vmin, vmax = float(target.min()), float(target.max())
-        panels = [(source, f"source map {i}"), (target, f"target map {j}"),
-                  (recon, f"cheap op of {i} (err {err:.3f})")]  # fmt: skip
+        panels = [
+            (source, f"source map {i}"),
+            (target, f"target map {j}"),
+            (recon, f"cheap op of {i} (err {err:.3f})"),
+        ]
         for col, (image, title) in enumerate(panels):
             ax = axes[row][col]
-            ax.imshow(image.numpy(), cmap="viridis",
-                      **({"vmin": vmin, "vmax": vmax} if col else {}))  # fmt: skip
+            ax.imshow(
+                image.numpy(), cmap="viridis", **({"vmin": vmin, "vmax": vmax} if col else {})
+            )
             ax.set_title(title, fontsize=7)
             ax.set_xticks([])
             ax.set_yticks([])
@@ -109,13 +126,14 @@ def pair_details(
         ax.imshow(kernel, cmap="RdBu_r", vmin=-bound, vmax=bound)
         for (y, x), value in np.ndenumerate(kernel):
             ax.text(x, y, f"{value:.2f}", ha="center", va="center", fontsize=5)
-        ax.set_title(f"{fits.dw_size}x{fits.dw_size} kernel, bias {float(fits.bias[i, j]):.2f}",
-                     fontsize=7)  # fmt: skip
+        ax.set_title(
+            f"{fits.dw_size}x{fits.dw_size} kernel, bias {float(fits.bias[i, j]):.2f}", fontsize=7
+        )
         ax.set_xticks([])
         ax.set_yticks([])
     fig.suptitle(f"{layer}: ghost pairs and their fitted cheap operations", fontsize=9)
     path = Path(path)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
+    fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
 
@@ -133,8 +151,10 @@ def ratios_by_depth(reports: list[tuple[str, dict[str, Any]]], path: str | Path)
         ax_s.plot(x, [layer["ratio_exact"] for layer in layers], marker="o", label=label)
         ax_g.plot(x, [layer["ghost_fraction"] for layer in layers], marker="o", label=label)
     ax_s.set_ylabel("C / |intrinsic set|")
-    ax_s.set_title(f"suggested ratio s per layer (threshold {reports[0][1]['threshold']}, "
-                   f"d={reports[0][1]['dw_size']})")  # fmt: skip
+    ax_s.set_title(
+        f"suggested ratio s per layer (threshold {reports[0][1]['threshold']}, "
+        f"d={reports[0][1]['dw_size']})"
+    )
     ax_g.set_ylabel("ghost fraction")
     ax_g.set_xticks(range(len(names)))
     ax_g.set_xticklabels(names, rotation=70, fontsize=7)

@@ -1,0 +1,197 @@
+import json
+
+import pytest
+import torch
+from torch import nn
+
+import ghostnet
+from ghostnet import GhostnetError
+from ghostnet.bench import resolve_model, run_benchmark
+from ghostnet.cli import main
+from ghostnet.deploy import (
+    FusedGhostConv2d,
+    OnnxSession,
+    count_batchnorm,
+    export_onnx,
+    fuse,
+    onnx_op_counts,
+    verify_onnx,
+)
+from ghostnet.models import default_input_size
+
+pytest.importorskip("onnxruntime")
+
+# small inputs keep the sweep fast; every architecture runs at these sizes
+SMALL = {"ghost_resnet50": (3, 64, 64), "ghostnet": (3, 64, 64)}
+
+
+def _small_size(name):
+    size = default_input_size(name)
+    return SMALL.get(name, size if size[1] <= 64 else (3, 64, 64))
+
+
+def _randomise_bn(model):
+    g = torch.Generator().manual_seed(1)
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.running_mean.copy_(torch.rand(m.running_mean.shape, generator=g) - 0.5)
+            m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
+            m.bias.data.copy_(torch.rand(m.bias.shape, generator=g) - 0.5)
+    return model.eval()
+
+
+@pytest.mark.parametrize("name", ghostnet.list_models())
+def test_fuse_matches_eager_for_every_registered_model(name):
+    kwargs = {"ratio": 3} if name.startswith("ghost_") else {}
+    model = _randomise_bn(ghostnet.create_model(name, **kwargs))
+    fused = fuse(model)
+    x = torch.randn(2, *_small_size(name))
+    with torch.no_grad():
+        expected, got = model(x), fused(x)
+    assert (expected - got).abs().max().item() <= 1e-5 * max(1.0, expected.abs().max().item())
+    assert count_batchnorm(fused) == 0
+    assert len(list(fused.modules())) < len(list(model.modules()))
+
+
+def test_fused_ghost_conv_handles_inner_bn_bias_and_ratio():
+    model = nn.Sequential(
+        ghostnet.GhostConv2d(4, 7, 3, padding=1, bias=True, ratio=3, inner_bn=True),
+        nn.BatchNorm2d(7),
+        nn.ReLU(),
+        ghostnet.GhostConv2d(7, 5, 1),
+        nn.ReLU(),
+    )
+    _randomise_bn(model)
+    fused = fuse(model)
+    assert sum(isinstance(m, FusedGhostConv2d) for m in fused.modules()) == 2
+    x = torch.randn(3, 4, 9, 9)
+    with torch.no_grad():
+        assert torch.allclose(model(x), fused(x), atol=1e-5)
+
+
+def test_untraceable_model_falls_back_to_sequential_pairs(caplog):
+    class Branchy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU())
+
+        def forward(self, x):
+            if x.sum() > 0:  # data-dependent: FX cannot trace this
+                return self.body(x)
+            return -self.body(x)
+
+    model = _randomise_bn(Branchy())
+    fused = fuse(model)
+    assert count_batchnorm(fused) == 0 and "not FX-traceable" in caplog.text
+    x = torch.randn(1, 3, 8, 8)
+    with torch.no_grad():
+        assert torch.allclose(model(x), fused(x), atol=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ghostnet.list_models())
+def test_onnx_export_matches_eager_for_every_registered_model(name, tmp_path):
+    kwargs = {"ratio": 3} if name.startswith("ghost_") else {}
+    model = _randomise_bn(ghostnet.create_model(name, **kwargs))
+    size = _small_size(name)
+    path, diff = export_onnx(fuse(model), tmp_path / f"{name}.onnx", size, reference=model)
+    assert diff <= 1e-4
+    assert verify_onnx(model, path, size, batch_size=1, trials=2) <= 1e-4
+
+
+def test_hard_sigmoid_is_one_op_and_dynamic_batch(tmp_path):
+    model = ghostnet.create_model("ghostnet_050").eval()
+    path, _ = export_onnx(fuse(model), tmp_path / "g.onnx", (3, 64, 64), dynamic_batch=True)
+    ops = onnx_op_counts(path)
+    se_blocks = sum(isinstance(m, ghostnet.SqueezeExcite) for m in model.modules())
+    assert ops["HardSigmoid"] == se_blocks == 7
+    assert "BatchNormalization" not in ops
+    session = OnnxSession(path)
+    for batch in (1, 3):
+        x = torch.randn(batch, 3, 64, 64)
+        with torch.no_grad():
+            assert torch.allclose(session(x), model(x), atol=1e-4)
+
+
+def test_export_errors(tmp_path):
+    model = ghostnet.create_model("resnet20_cifar").eval()
+    for opset in (5, 99):
+        with pytest.raises(GhostnetError, match="--opset must be between"):
+            export_onnx(model, tmp_path / "m.onnx", (3, 32, 32), opset=opset)
+    path, _ = export_onnx(model, tmp_path / "m.onnx", (3, 32, 32), batch_size=2)
+    session = OnnxSession(path)
+    with pytest.raises(
+        GhostnetError, match=r"expects input \[2, 3, 32, 32\], got \[1, 3, 32, 32\]"
+    ):
+        session(torch.randn(1, 3, 32, 32))
+    with pytest.raises(GhostnetError, match="expects input"):
+        session(torch.randn(2, 3, 28, 28))
+    with pytest.raises(GhostnetError, match="does not run on input"):
+        export_onnx(model, tmp_path / "bad.onnx", (1, 32, 32))
+
+    class Untraceable(nn.Module):
+        def forward(self, x):  # Python-side, data-dependent: tracers bake it into constants
+            return torch.tensor(sorted(x.flatten().tolist())[:4])
+
+    with pytest.raises(
+        GhostnetError, match=r"cannot be exported|not faithful|expected one image input"
+    ):
+        export_onnx(Untraceable(), tmp_path / "u.onnx", (3, 8, 8))
+    assert not (tmp_path / "u.onnx").exists()
+    with pytest.raises(GhostnetError, match="not found"):
+        OnnxSession(tmp_path / "missing.onnx")
+
+
+def test_export_cli(tmp_path, capsys):
+    out = tmp_path / "g.onnx"
+    code = main(["export", "--model", "ghostnet_050", "--input-size", "3,64,64", "--out", str(out)])
+    text = capsys.readouterr().out
+    assert code == 0 and "HardSigmoid 7" in text and "max abs diff" in text
+    meta = OnnxSession(out).metadata
+    assert meta["model_spec"]["name"] == "ghostnet_050" and meta["preset"]["input_size"] == 64
+    code = main(
+        ["export", "--model", "resnet20_cifar", "--out", str(tmp_path / "x.onnx"), "--opset", "3"]
+    )
+    assert code == 2 and "--opset" in capsys.readouterr().err
+
+
+def test_bench_records_and_json(tmp_path, capsys):
+    records = run_benchmark(
+        ["resnet20_cifar"],
+        [1, 2],
+        ["eager", "fused", "onnxruntime"],
+        threads=1,
+        repeats=2,
+        warmup=1,
+    )
+    assert {(r.backend, r.batch) for r in records} == {
+        (b, n) for b in ("eager", "fused", "onnxruntime") for n in (1, 2)
+    }
+    assert all(r.min_ms <= r.median_ms <= r.max_ms and r.images_per_s > 0 for r in records)
+    out = tmp_path / "bench.json"
+    code = main(
+        [
+            "bench",
+            "--models",
+            "resnet20_cifar",
+            "--batch-sizes",
+            "1",
+            "--backends",
+            "eager,onnxruntime",
+            "--threads",
+            "1",
+            "--repeats",
+            "2",
+            "--json",
+            str(out),
+        ]
+    )
+    assert code == 0
+    rows = json.loads(out.read_text())
+    for key in ("median_ms", "min_ms", "max_ms", "images_per_s", "threads", "machine"):
+        assert key in rows[0]
+    assert rows[0]["machine"]["torch"] == torch.__version__
+    assert resolve_model("resnet50") == "torchvision:resnet50"
+    code = main(["bench", "--models", "resnet20_cifar", "--backends", "tensorrt"])
+    assert code == 2 and "unknown backend" in capsys.readouterr().err
