@@ -41,6 +41,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from .checkpoint import FORMAT, atomic_save, read_checkpoint, remove_stale_temp_files
 from .data import (
     ImageDataset,
+    Preset,
     balanced_subset,
     build_transform,
     choose_preset,
@@ -447,6 +448,52 @@ def _norm_data(value: str) -> str:
     return value if value.lower() == "cifar10" else str(Path(value).expanduser().resolve())
 
 
+@dataclass
+class PreparedData:
+    """Everything the loop needs from the data side."""
+
+    train_set: ImageDataset
+    eval_set: ImageDataset
+    sampler: ResumableSampler
+    loader: DataLoader
+    test_loader: DataLoader
+    classes: list[str]
+    preset: Preset
+
+
+def prepare_data(config: TrainConfig, ddp: Dist, pin_memory: bool = False) -> PreparedData:
+    """Open ``config.data``, apply subsets, pick the preset, build datasets and loaders."""
+    source = open_data(config.data, strict=config.strict_data)
+    assert source.train is not None
+    train_split, eval_split = source.train, source.eval
+    if config.train_subset:
+        picked = balanced_subset(train_split.labels, config.train_subset, config.seed)
+        train_split = train_split.subset(picked)
+    if config.eval_subset:
+        eval_split = eval_split.subset(
+            balanced_subset(eval_split.labels, config.eval_subset, config.seed)
+        )
+    if len(train_split) == 0 or len(eval_split) == 0:
+        raise GhostnetError(f"{config.data}: the train or eval split is empty")
+    preset = choose_preset(config.preset, train_split.image_size, config.input_size)
+    train_set = ImageDataset(
+        train_split, build_transform(preset, True), config.seed, config.strict_data
+    )
+    eval_set = ImageDataset(eval_split, build_transform(preset, False), config.seed)
+    sampler = ResumableSampler(train_set, ddp.world, ddp.rank, config.seed)
+    # the loader gets its own generator so it never draws from the global RNG (exact resume)
+    loader = DataLoader(
+        train_set,
+        batch_size=config.batch_size,
+        sampler=sampler,
+        num_workers=config.workers,
+        pin_memory=pin_memory,
+        generator=torch.Generator().manual_seed(config.seed),
+    )
+    test_loader = eval_loader(eval_set, config.batch_size, config.workers, ddp)
+    return PreparedData(train_set, eval_set, sampler, loader, test_loader, source.classes, preset)
+
+
 def fit(config: TrainConfig, resume: str | os.PathLike | None = None) -> dict[str, Any]:
     """Train ``config.model`` on ``config.data``; returns the summary written to summary.json."""
     wall_start = time.perf_counter()
@@ -473,40 +520,11 @@ def fit(config: TrainConfig, resume: str | os.PathLike | None = None) -> dict[st
         out.mkdir(parents=True, exist_ok=True)
         remove_stale_temp_files(out)
 
-    # ---- data
-    source = open_data(config.data, strict=config.strict_data)
-    assert source.train is not None
-    train_split, eval_split = source.train, source.eval
-    if config.train_subset:
-        train_split = train_split.subset(
-            balanced_subset(train_split.labels, config.train_subset, config.seed)
-        )
-    if config.eval_subset:
-        eval_split = eval_split.subset(
-            balanced_subset(eval_split.labels, config.eval_subset, config.seed)
-        )
-    if len(train_split) == 0 or len(eval_split) == 0:
-        raise GhostnetError(f"{config.data}: the train or eval split is empty")
-    preset = choose_preset(config.preset, train_split.image_size, config.input_size)
-    train_set = ImageDataset(
-        train_split, build_transform(preset, True), config.seed, config.strict_data
-    )
-    eval_set = ImageDataset(eval_split, build_transform(preset, False), config.seed)
-    sampler = ResumableSampler(train_set, ddp.world, ddp.rank, config.seed)
-    # the loader gets its own generator so it never draws from the global RNG (exact resume)
-    loader = DataLoader(
-        train_set,
-        batch_size=config.batch_size,
-        sampler=sampler,
-        num_workers=config.workers,
-        pin_memory=device.type == "cuda",
-        generator=torch.Generator().manual_seed(config.seed),
-    )
-    test_loader = eval_loader(eval_set, config.batch_size, config.workers, ddp)
-    steps_per_epoch = math.ceil(len(sampler) / config.batch_size)
-    classes = source.classes
-    if ddp.main and train_split.skipped:
-        (out / "skipped_images.txt").write_text("\n".join(train_split.skipped) + "\n")
+    data = prepare_data(config, ddp, pin_memory=device.type == "cuda")
+    classes, preset, train_set = data.classes, data.preset, data.train_set
+    steps_per_epoch = math.ceil(len(data.sampler) / config.batch_size)
+    if ddp.main and train_set.split.skipped:
+        (out / "skipped_images.txt").write_text("\n".join(train_set.split.skipped) + "\n")
 
     # ---- model, same initial weights on every rank
     torch.manual_seed(config.seed)
@@ -570,6 +588,18 @@ def fit(config: TrainConfig, resume: str | os.PathLike | None = None) -> dict[st
         )
     eval_model = ema.module if ema is not None else model
 
+    def run_eval(progress: bool = False) -> dict[str, Any]:
+        return evaluate(
+            eval_model,
+            data.test_loader,
+            device,
+            len(classes),
+            amp=config.amp,
+            channels_last=config.channels_last,
+            ddp=ddp,
+            progress=progress,
+        )
+
     def make_checkpoint(epoch: int, step_in_epoch: int) -> dict[str, Any] | None:
         states = [rng_state()]
         if ddp.enabled:
@@ -616,9 +646,9 @@ def fit(config: TrainConfig, resume: str | os.PathLike | None = None) -> dict[st
             spec.label(),
             f"{counts.params:,}",
             f"{counts.macs:,}",
-            len(train_split),
+            len(train_set),
             len(classes),
-            len(eval_split),
+            len(data.eval_set),
             device,
             ddp.world,
             config.epochs,
@@ -630,9 +660,9 @@ def fit(config: TrainConfig, resume: str | os.PathLike | None = None) -> dict[st
     last_eval: dict[str, Any] = {}
     with _StopRequested() as stop:
         for epoch in range(start_epoch, config.epochs):
-            sampler.set_epoch(epoch)
+            data.sampler.set_epoch(epoch)
             train_set.set_epoch(epoch)
-            sampler.skip = start_step * config.batch_size if epoch == start_epoch else 0
+            data.sampler.skip = start_step * config.batch_size if epoch == start_epoch else 0
             first_step = start_step if epoch == start_epoch else 0
             if first_step == 0:
                 meters = {"loss": 0.0, "correct": 0.0, "seen": 0.0, "train_s": 0.0}
@@ -645,7 +675,7 @@ def fit(config: TrainConfig, resume: str | os.PathLike | None = None) -> dict[st
                 leave=False,
             )
             tick = time.perf_counter()
-            for step, (images, targets) in enumerate(loader, start=first_step):
+            for step, (images, targets) in enumerate(data.loader, start=first_step):
                 images = images.to(device, non_blocking=True)
                 targets = targets.to(device, non_blocking=True)
                 if config.channels_last:
@@ -710,16 +740,7 @@ def fit(config: TrainConfig, resume: str | os.PathLike | None = None) -> dict[st
             if ddp.enabled:
                 for buffer in eval_model.buffers():  # BN statistics of rank 0
                     dist.broadcast(buffer, 0)
-            last_eval = evaluate(
-                eval_model,
-                test_loader,
-                device,
-                len(classes),
-                amp=config.amp,
-                channels_last=config.channels_last,
-                ddp=ddp,
-                progress=interactive,
-            )
+            last_eval = run_eval(progress=interactive)
             row = {
                 "epoch": epoch + 1,
                 "lr": optimizer.param_groups[0]["lr"],
@@ -760,15 +781,7 @@ def fit(config: TrainConfig, resume: str | os.PathLike | None = None) -> dict[st
                     atomic_save(state, out / "best.pt")
 
     if not last_eval:  # resumed a run that had already finished
-        last_eval = evaluate(
-            eval_model,
-            test_loader,
-            device,
-            len(classes),
-            amp=config.amp,
-            channels_last=config.channels_last,
-            ddp=ddp,
-        )
+        last_eval = run_eval()
     summary: dict[str, Any] = {}
     if ddp.main:
         if board is not None:
@@ -785,7 +798,7 @@ def fit(config: TrainConfig, resume: str | os.PathLike | None = None) -> dict[st
             "params": counts.params,
             "macs": counts.macs,
             "epochs": config.epochs,
-            "train_images": len(train_split),
+            "train_images": len(train_set),
             "eval_images": last_eval["count"],
             "train_images_per_s": float(np.median(images_per_s)) if images_per_s else None,
             "wall_s": elapsed_before + time.perf_counter() - wall_start,
