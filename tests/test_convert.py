@@ -39,6 +39,9 @@ def test_torchvision_models(name):
     assert not any(isinstance(m, GhostConv2d) for m in model.modules())
     first = _convs(model)[0]
     assert type(converted.get_submodule(first)) is nn.Conv2d
+    traced = torch.fx.symbolic_trace(converted)  # FX-traceable like the original
+    with torch.no_grad():
+        assert torch.allclose(traced(x), converted(x), atol=1e-5)
     converted.train()
     converted(x).sum().backward()
     assert all_params_have_grad(converted) == []
