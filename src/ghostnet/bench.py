@@ -118,8 +118,9 @@ def _openvino_runner(onnx_path: Path, threads: int) -> Callable[[torch.Tensor], 
     )
     request = compiled.create_infer_request()
 
-    def run(x: torch.Tensor) -> Any:
-        return request.infer({0: x.numpy()})
+    def run(x: torch.Tensor) -> torch.Tensor:
+        (out,) = request.infer({0: x.numpy()}).values()
+        return torch.from_numpy(out)
 
     return run
 
@@ -160,6 +161,15 @@ def build_runner(
     raise GhostnetError(f"unknown backend {backend!r}: choose from {', '.join(BACKENDS)}")
 
 
+def _check_same_outputs(model: nn.Module, x: torch.Tensor, out: Any, label: str) -> None:
+    """Every backend must compute the same function as the eager model (same weights)."""
+    with torch.inference_mode():
+        expected = model.eval()(x)
+    diff = (torch.as_tensor(out).float() - expected).abs().max().item()
+    if diff > 1e-3 * max(1.0, expected.abs().max().item()):
+        raise GhostnetError(f"{label}: output differs from eager PyTorch by {diff:.3g}")
+
+
 def run_benchmark(
     models: Sequence[str],
     batch_sizes: Sequence[int] = (1, 16),
@@ -194,9 +204,10 @@ def run_benchmark(
                     if progress:
                         progress(f"preparing {name} / {backend} / batch {batch}")
                     runner = build_runner(model, backend, size, batch, threads, Path(tmp))
-                    x = torch.randn(batch, *size)
+                    x = torch.randn(batch, *size, generator=torch.Generator().manual_seed(batch))
                     for _ in range(warmup):
-                        runner(x)
+                        out = runner(x)
+                    _check_same_outputs(model, x, out, f"{name} / {backend}")
                     runners.append((name, backend, runner, x, macs))
             times: dict[tuple[str, str], list[float]] = {(n, b): [] for n, b, *_ in runners}
             for _ in range(repeats):  # interleaved: drift and noise hit every runner alike
