@@ -195,3 +195,9 @@ def test_bench_records_and_json(tmp_path, capsys):
     assert resolve_model("resnet50") == "torchvision:resnet50"
     code = main(["bench", "--models", "resnet20_cifar", "--backends", "tensorrt"])
     assert code == 2 and "unknown backend" in capsys.readouterr().err
+
+
+def test_openvino_backend_same_function():
+    pytest.importorskip("openvino")
+    records = run_benchmark(["resnet20_cifar"], [2], ["openvino"], threads=1, repeats=1, warmup=1)
+    assert records[0].backend == "openvino" and records[0].median_ms > 0
