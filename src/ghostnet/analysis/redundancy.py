@@ -127,6 +127,7 @@ class LayerSummary:
     channels: int
     best_source: list[int]  # for each map, the map that reproduces it best
     best_error: list[float]
+    median_best_error: float  # how well the typical map is reproduced by its best source
     ghost_fraction: float  # share of maps reproducible below the threshold
     intrinsic: list[int]  # greedy smallest set that reproduces all the others
     suggested_ratio: int  # floor(C / |intrinsic|), at least 1
@@ -157,6 +158,7 @@ def summarize(fits: PairFits, threshold: float = 0.1) -> LayerSummary:
         channels=channels,
         best_source=best_source.tolist() if channels > 1 else [0],
         best_error=[float(e) for e in best_error] if channels > 1 else [1.0],
+        median_best_error=float(best_error.median()) if channels > 1 else 1.0,
         ghost_fraction=float((best_error < threshold).float().mean()) if channels > 1 else 0.0,
         intrinsic=sorted(intrinsic),
         suggested_ratio=max(1, int(ratio_exact + 1e-9)),

@@ -131,27 +131,32 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _print_table(report: dict) -> None:
+    """Per layer: ghost fraction, median best-fit error, intrinsic set and suggested s."""
     untrained = {e["name"]: e for e in report.get("untrained", {}).get("layers", [])}
     header = (
-        f"{'layer':<28} {'kind':<12} {'C':>5} {'HxW':>7} {'ghosts':>7} {'dead':>5} "
-        f"{'intr.':>6} {'s':>3} {'C/intr':>7}"
+        f"{'layer':<24} {'kind':<12} {'C':>4} {'HxW':>7} {'ghosts':>6} {'med.err':>7} "
+        f"{'dead':>4} {'intr.':>5} {'C/intr':>6} {'s':>2}"
     )
     if untrained:
-        header += f" | {'untrained: ghosts':>17} {'C/intr':>7}"
+        header += f" | {'untrained: ghosts':>17} {'med.err':>7} {'C/intr':>6}"
     print(
-        f"{report['num_images']} images, threshold {report['threshold']} (1 - R^2), "
-        f"d={report['dw_size']}"
+        f"{report['num_images']} images; a map is a ghost when a {report['dw_size']}x"
+        f"{report['dw_size']} depthwise filter of another map reproduces it with relative error "
+        f"(1 - R^2) below {report['threshold']}"
     )
     print(header)
     print("-" * len(header))
     for e in report["layers"]:
         hw = "x".join(map(str, e["spatial"]))
         line = (
-            f"{e['name']:<28} {e['kind']:<12} {e['channels']:>5} {hw:>7} "
-            f"{e['ghost_fraction']:>6.0%} {e['dead_maps']:>5} {len(e['intrinsic']):>6} "
-            f"{e['suggested_ratio']:>3} {e['ratio_exact']:>7.2f}"
+            f"{e['name']:<24} {e['kind']:<12} {e['channels']:>4} {hw:>7} "
+            f"{e['ghost_fraction']:>6.0%} {e['median_best_error']:>7.3f} {e['dead_maps']:>4} "
+            f"{len(e['intrinsic']):>5} {e['ratio_exact']:>6.2f} {e['suggested_ratio']:>2}"
         )
         if e["name"] in untrained:
             u = untrained[e["name"]]
-            line += f" | {u['ghost_fraction']:>17.0%} {u['ratio_exact']:>7.2f}"
+            line += (
+                f" | {u['ghost_fraction']:>17.0%} {u['median_best_error']:>7.3f} "
+                f"{u['ratio_exact']:>6.2f}"
+            )
         print(line)
