@@ -37,7 +37,8 @@ class FusedGhostConv2d(nn.Module):
     The ghost half of the BN folds into the cheap depthwise conv. The intrinsic half cannot
     fold into the primary conv, because the cheap op must still see the un-normalised maps
     (folding would change its input, and zero padding makes that non-linear at the
-    borders); it stays as one per-channel multiply-add on the intrinsic maps only.
+    borders); it stays as a per-channel scale and shift (a 1x1 depthwise conv) on the
+    intrinsic maps only.
     """
 
     def __init__(self, ghost: GhostConv2d, bn: nn.BatchNorm2d | None) -> None:
@@ -50,8 +51,6 @@ class FusedGhostConv2d(nn.Module):
         self.cheap_operation = ghost.cheap_operation
         self._first_maps = ghost._first_maps
         self.register_buffer("ghost_sources", ghost.ghost_sources.clone(), persistent=False)
-        scale = torch.ones(m)
-        shift = torch.zeros(m)
         if bn is not None:
             std = torch.sqrt(bn.running_var + bn.eps)
             weight = bn.weight if bn.affine else torch.ones_like(std)
@@ -67,21 +66,32 @@ class FusedGhostConv2d(nn.Module):
                 cheap_bn.weight.data.copy_(full_scale[m:])
                 cheap_bn.bias.data.copy_(full_shift[m:])
                 self.cheap_operation = fuse_conv_bn_eval(self.cheap_operation, cheap_bn)
-        self.register_buffer("scale", scale.view(1, -1, 1, 1))
-        self.register_buffer("shift", shift.view(1, -1, 1, 1))
-        self._identity = bn is None
+        # the intrinsic half of the BN as a 1x1 depthwise conv: one op that runtimes keep
+        # in their blocked layouts (ONNX Runtime's NCHWc), unlike a Mul + Add pair
+        self.affine: nn.Conv2d | None = None
+        if bn is not None:
+            self.affine = nn.Conv2d(m, m, 1, groups=m, bias=True)
+            self.affine.weight.data.copy_(scale.view(m, 1, 1, 1))
+            self.affine.bias.data.copy_(shift)
+        self._sources_all = (
+            self.cheap_operation is not None
+            and self._first_maps
+            and self.cheap_operation.in_channels == m
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         intrinsic = self.primary_conv(x)
         if self.cheap_operation is None:
-            return intrinsic if self._identity else torch.addcmul(self.shift, intrinsic, self.scale)
-        if self._first_maps:
+            return intrinsic if self.affine is None else self.affine(intrinsic)
+        if self._sources_all:  # every intrinsic map feeds one ghost: no slice op at all
+            source = intrinsic
+        elif self._first_maps:
             source = intrinsic[:, : self.cheap_operation.in_channels]
         else:
             source = intrinsic.index_select(1, self.ghost_sources)
         ghosts = self.cheap_operation(source)
-        if not self._identity:
-            intrinsic = torch.addcmul(self.shift, intrinsic, self.scale)
+        if self.affine is not None:
+            intrinsic = self.affine(intrinsic)
         return torch.cat([intrinsic, ghosts], dim=1)
 
 

@@ -1,0 +1,90 @@
+"""Where does inference time go? Per-operator time of a model in ONNX Runtime (its own
+profiler) and in PyTorch eager (torch.profiler), for a given batch size and thread count.
+
+    python benchmarks/where_time_goes.py --models ghostnet_100,mobilenetv3_large_100 --batch 16
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import tempfile
+from pathlib import Path
+
+import onnxruntime as ort
+import torch
+
+from ghostnet.bench import resolve_model
+from ghostnet.deploy import export_onnx, fuse
+from ghostnet.models import create_model, default_input_size
+
+
+def ort_profile(path: Path, x: torch.Tensor, threads: int, runs: int) -> dict[str, float]:
+    """Mean microseconds per run, by ONNX op type, from ORT's own profiler."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.enable_profiling = True
+    options.profile_file_prefix = str(path.with_suffix(""))
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    feed = {session.get_inputs()[0].name: x.numpy()}
+    for _ in range(3):
+        session.run(None, feed)
+    for _ in range(runs):
+        session.run(None, feed)
+    trace = json.loads(Path(session.end_profiling()).read_text())
+    per_op: dict[str, float] = collections.defaultdict(float)
+    for event in trace:
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
+            per_op[event["args"]["op_name"]] += event["dur"]
+    return {op: total / (runs + 3) for op, total in per_op.items()}
+
+
+def torch_profile(model: torch.nn.Module, x: torch.Tensor, runs: int) -> dict[str, float]:
+    """Mean microseconds per run, by aten op, from torch.profiler (self CPU time)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with torch.inference_mode():
+        for _ in range(3):
+            model(x)
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(runs):
+                model(x)
+    return {e.key: e.self_cpu_time_total / runs for e in prof.key_averages()}
+
+
+def show(title: str, per_op: dict[str, float], top: int = 10) -> None:
+    total = sum(per_op.values())
+    print(f"\n{title}: {total / 1e3:.2f} ms per run in operators")
+    for op, us in sorted(per_op.items(), key=lambda kv: -kv[1])[:top]:
+        print(f"  {op:<40} {us / 1e3:8.2f} ms  {100 * us / total:5.1f}%")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="ghostnet_100,mobilenetv3_large_100")
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--runs", type=int, default=10)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.models.split(","):
+            name = resolve_model(name)
+            torch.manual_seed(0)
+            model = create_model(name).eval()
+            size = default_input_size(name)
+            x = torch.randn(args.batch, *size)
+            path, _ = export_onnx(
+                fuse(model), Path(tmp) / "m.onnx", size, batch_size=args.batch, reference=model
+            )
+            show(
+                f"{name} / onnxruntime / batch {args.batch}",
+                ort_profile(path, x, args.threads, args.runs),
+            )
+            show(f"{name} / torch eager / batch {args.batch}", torch_profile(model, x, args.runs))
+
+
+if __name__ == "__main__":
+    main()
