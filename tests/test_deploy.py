@@ -1,3 +1,4 @@
+import copy
 import json
 
 import pytest
@@ -30,26 +31,44 @@ def _small_size(name):
     return SMALL.get(name, size if size[1] <= 64 else (3, 64, 64))
 
 
-def _randomise_bn(model):
+def _randomise_bn(model, size=None):
+    """Give every BN non-trivial statistics and affine parameters, then eval mode.
+
+    With ``size`` the statistics are measured (a few train-mode passes over random images),
+    as in a real network, so deep models keep sane activations; otherwise they are drawn."""
     g = torch.Generator().manual_seed(1)
     for m in model.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.running_mean.copy_(torch.rand(m.running_mean.shape, generator=g) - 0.5)
-            m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
             m.weight.data.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
             m.bias.data.copy_(torch.rand(m.bias.shape, generator=g) - 0.5)
+            if size is None:
+                m.running_mean.copy_(torch.rand(m.running_mean.shape, generator=g) - 0.5)
+                m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
+            else:
+                m.momentum = None  # cumulative average over the calibration passes
+    if size is not None:
+        model.train()
+        with torch.no_grad():
+            for _ in range(3):
+                model(torch.randn(4, *size, generator=g))
     return model.eval()
 
 
 @pytest.mark.parametrize("name", ghostnet.list_models())
 def test_fuse_matches_eager_for_every_registered_model(name):
     kwargs = {"ratio": 3} if name.startswith("ghost_") else {}
-    model = _randomise_bn(ghostnet.create_model(name, **kwargs))
+    model = _randomise_bn(ghostnet.create_model(name, **kwargs), _small_size(name))
     fused = fuse(model)
     x = torch.randn(2, *_small_size(name))
     with torch.no_grad():
         expected, got = model(x), fused(x)
-    assert (expected - got).abs().max().item() <= 1e-5 * max(1.0, expected.abs().max().item())
+        exact = copy.deepcopy(model).double()(x.double())
+    # within 1e-5 (relative to the logits' scale), or no further from the float64 truth than
+    # the float32 eager model itself is (deep random nets amplify rounding either way)
+    own_rounding = (expected.double() - exact).abs().max().item()
+    fused_error = (got.double() - exact).abs().max().item()
+    scale = max(1.0, expected.abs().max().item())
+    assert (expected - got).abs().max().item() <= 1e-5 * scale or fused_error <= 2 * own_rounding
     assert count_batchnorm(fused) == 0
     assert len(list(fused.modules())) < len(list(model.modules()))
 
@@ -93,8 +112,8 @@ def test_untraceable_model_falls_back_to_sequential_pairs(caplog):
 @pytest.mark.parametrize("name", ghostnet.list_models())
 def test_onnx_export_matches_eager_for_every_registered_model(name, tmp_path):
     kwargs = {"ratio": 3} if name.startswith("ghost_") else {}
-    model = _randomise_bn(ghostnet.create_model(name, **kwargs))
     size = _small_size(name)
+    model = _randomise_bn(ghostnet.create_model(name, **kwargs), size)
     path, diff = export_onnx(fuse(model), tmp_path / f"{name}.onnx", size, reference=model)
     assert diff <= 1e-4
     assert verify_onnx(model, path, size, batch_size=1, trials=2) <= 1e-4

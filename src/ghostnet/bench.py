@@ -22,8 +22,11 @@ from torch import nn
 from .deploy import OnnxSession, export_onnx, fuse
 from .errors import GhostnetError
 from .models import create_model, default_input_size, list_models
+from .split import split_concats
 
 BACKENDS = ("eager", "fused", "onnxruntime", "openvino")
+# "-split" variants run the deploy form with Ghost concatenations kept apart (ghostnet.split)
+SPLIT_SUFFIX = "-split"
 
 # Bare peer names resolve to these (timm's when installed, else torchvision's).
 ALIASES = {
@@ -134,7 +137,8 @@ def build_runner(
     workdir: Path,
 ) -> Callable[[torch.Tensor], Any]:
     """A callable that runs one batch on ``backend`` (models built once, weights shared)."""
-    if backend == "eager":
+    base, split = _parse_backend(backend)
+    if base == "eager":
         model = model.eval()
 
         def run_eager(x: torch.Tensor) -> Any:
@@ -143,7 +147,9 @@ def build_runner(
 
         return run_eager
     deploy = fuse(model)
-    if backend == "fused":
+    if split:
+        deploy = split_concats(deploy, input_size)
+    if base == "fused":
         deploy = deploy.to(memory_format=torch.channels_last)
 
         def run_fused(x: torch.Tensor) -> Any:
@@ -151,14 +157,21 @@ def build_runner(
                 return deploy(x.contiguous(memory_format=torch.channels_last))
 
         return run_fused
-    if backend in ("onnxruntime", "openvino"):
-        path = workdir / f"{id(model)}_b{batch}.onnx"
-        if not path.exists():
-            export_onnx(deploy, path, input_size, batch_size=batch, reference=model)
-        if backend == "onnxruntime":
-            return OnnxSession(path, threads=threads)
-        return _openvino_runner(path, threads)
-    raise GhostnetError(f"unknown backend {backend!r}: choose from {', '.join(BACKENDS)}")
+    path = workdir / f"{id(model)}_b{batch}{'_split' if split else ''}.onnx"
+    if not path.exists():
+        export_onnx(deploy, path, input_size, batch_size=batch, reference=model)
+    if base == "onnxruntime":
+        return OnnxSession(path, threads=threads)
+    return _openvino_runner(path, threads)
+
+
+def _parse_backend(backend: str) -> tuple[str, bool]:
+    split = backend.endswith(SPLIT_SUFFIX)
+    base = backend[: -len(SPLIT_SUFFIX)] if split else backend
+    if base not in BACKENDS or (split and base == "eager"):
+        choices = ", ".join([*BACKENDS, *(b + SPLIT_SUFFIX for b in BACKENDS[1:])])
+        raise GhostnetError(f"unknown backend {backend!r}: choose from {choices}")
+    return base, split
 
 
 def _check_same_outputs(model: nn.Module, x: torch.Tensor, out: Any, label: str) -> None:
@@ -184,8 +197,7 @@ def run_benchmark(
     from .profile import profile
 
     for backend in backends:
-        if backend not in BACKENDS:
-            raise GhostnetError(f"unknown backend {backend!r}: choose from {', '.join(BACKENDS)}")
+        _parse_backend(backend)
     torch.set_num_threads(threads)
     names = [resolve_model(m) for m in models]
     built: dict[str, tuple[nn.Module, tuple[int, ...], int]] = {}

@@ -20,7 +20,8 @@ from typing import Any
 import torch
 import torch.fx
 from torch import nn
-from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
+from torch.nn.utils.fusion import fuse_conv_bn_eval as _torch_fuse_conv_bn
+from torch.nn.utils.fusion import fuse_linear_bn_eval as _torch_fuse_linear_bn
 
 from .errors import GhostnetError
 from .layers import GhostConv2d
@@ -29,6 +30,23 @@ log = logging.getLogger("ghostnet")
 
 
 # ----------------------------------------------------------------------------- fusion
+
+
+def _in_float64(fuse_fn, layer: nn.Module, bn: nn.Module) -> nn.Module:
+    """torch's fusion helper evaluated in float64, then cast back: folding a BN with a tiny
+    variance multiplies the weights by a large factor, and float32 arithmetic there would
+    add avoidable rounding to every folded layer."""
+    dtype = layer.weight.dtype
+    fused = fuse_fn(copy.deepcopy(layer).double(), copy.deepcopy(bn).double())
+    return fused.to(dtype)
+
+
+def fuse_conv_bn_eval(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
+    return _in_float64(_torch_fuse_conv_bn, conv, bn)
+
+
+def fuse_linear_bn_eval(linear: nn.Linear, bn: nn.BatchNorm1d) -> nn.Linear:
+    return _in_float64(_torch_fuse_linear_bn, linear, bn)
 
 
 class FusedGhostConv2d(nn.Module):
