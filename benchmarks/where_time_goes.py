@@ -18,6 +18,7 @@ import torch
 from ghostnet.bench import resolve_model
 from ghostnet.deploy import export_onnx, fuse
 from ghostnet.models import create_model, default_input_size
+from ghostnet.split import split_concats
 
 
 def ort_profile(path: Path, x: torch.Tensor, threads: int, runs: int) -> dict[str, float]:
@@ -67,6 +68,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--runs", type=int, default=10)
+    parser.add_argument("--split", action="store_true", help="profile the split deploy form")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
@@ -76,8 +78,9 @@ def main() -> None:
             model = create_model(name).eval()
             size = default_input_size(name)
             x = torch.randn(args.batch, *size)
+            deploy = split_concats(fuse(model), size) if args.split else fuse(model)
             path, _ = export_onnx(
-                fuse(model), Path(tmp) / "m.onnx", size, batch_size=args.batch, reference=model
+                deploy, Path(tmp) / "m.onnx", size, batch_size=args.batch, reference=model
             )
             show(
                 f"{name} / onnxruntime / batch {args.batch}",
