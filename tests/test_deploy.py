@@ -169,6 +169,11 @@ def test_export_cli(tmp_path, capsys):
     assert code == 0 and "HardSigmoid 7" in text and "max abs diff" in text
     meta = OnnxSession(out).metadata
     assert meta["model_spec"]["name"] == "ghostnet_050" and meta["preset"]["input_size"] == 64
+    split = tmp_path / "split.onnx"
+    argv = ["export", "--model", "ghostnet_050", "--input-size", "3,64,64", "--split"]
+    code = main([*argv, "--out", str(split)])
+    text = capsys.readouterr().out
+    assert code == 0 and "Concat" not in text and "max abs diff" in text
     code = main(
         ["export", "--model", "resnet20_cifar", "--out", str(tmp_path / "x.onnx"), "--opset", "3"]
     )
