@@ -256,25 +256,22 @@ def test_recipes_and_overrides():
         config_from("nope", model="m", data="d", out="o")
 
 
-def test_schedules():
-    params = [torch.nn.Parameter(torch.zeros(1))]
-    step = TrainConfig("m", "d", "o", lr=0.1, sched="step", milestones=[2, 3], epochs=4)
-    opt = torch.optim.SGD(params, lr=0.1)
-    sched = build_scheduler(opt, step, steps_per_epoch=10)
+def _lrs(config: TrainConfig, steps_per_epoch: int = 10) -> list[float]:
+    """The learning rate at every step of ``config``'s schedule."""
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=config.lr)
+    sched = build_scheduler(opt, config, steps_per_epoch)
     lrs = []
-    for _ in range(40):
+    for _ in range(config.epochs * steps_per_epoch):
         lrs.append(opt.param_groups[0]["lr"])
         opt.step()
         sched.step()
+    return lrs
+
+
+def test_schedules():
+    lrs = _lrs(TrainConfig("m", "d", "o", lr=0.1, sched="step", milestones=[2, 3], epochs=4))
     assert lrs[19] == pytest.approx(0.1) and lrs[20] == pytest.approx(0.01)
     assert lrs[30] == pytest.approx(0.001)
-    cosine = TrainConfig("m", "d", "o", lr=0.1, sched="cosine", warmup_epochs=1, epochs=4)
-    opt = torch.optim.SGD(params, lr=0.1)
-    sched = build_scheduler(opt, cosine, steps_per_epoch=10)
-    lrs = []
-    for _ in range(40):
-        lrs.append(opt.param_groups[0]["lr"])
-        opt.step()
-        sched.step()
+    lrs = _lrs(TrainConfig("m", "d", "o", lr=0.1, sched="cosine", warmup_epochs=1, epochs=4))
     assert lrs[0] < 0.001 and max(lrs) == pytest.approx(0.1) and lrs[-1] < 0.002
     assert lrs.index(max(lrs)) == 10
