@@ -14,6 +14,7 @@ from ghostnet.data import (
     balanced_subset,
     build_transform,
     choose_preset,
+    collate_skipping,
     open_data,
     read_image,
 )
@@ -97,19 +98,19 @@ def test_bad_images_skipped_once_with_names(tmp_path, caplog):
         open_data(str(root), strict=True)
 
 
-def test_lazy_dataset_replaces_bad_file_and_warns_once(tmp_path, caplog):
+def test_lazy_dataset_drops_bad_file_from_its_batch(tmp_path):
+    """An unreadable file read lazily is dropped from its batch and named; no other sample
+    is repeated in its place."""
     root = make_image_folder(tmp_path, classes=2, per_class=3, size=16)
-    (root / "train" / "class_0" / "0000.png").write_bytes(b"broken")
+    bad = root / "train" / "class_0" / "0000.png"
+    bad.write_bytes(b"broken")
     source = open_data(str(root), in_memory="never")
     assert source.train.files is not None
     preset = choose_preset("cifar", source.train.image_size, 16)
     dataset = ImageDataset(source.train, build_transform(preset, True))
-    with caplog.at_level(logging.WARNING, logger="ghostnet"):
-        for epoch in range(2):
-            dataset.set_epoch(epoch)
-            items = [dataset[i] for i in range(len(dataset))]
-    assert len([r for r in caplog.records if "0000.png" in r.getMessage()]) == 1
-    assert all(x.shape == (3, 16, 16) for x, _ in items)
+    batch = collate_skipping([dataset[i] for i in range(len(dataset))])
+    assert batch.skipped == [str(bad)]
+    assert batch.images.shape == (5, 3, 16, 16) and batch.targets.tolist() == [0, 0, 1, 1, 1]
     strict = ImageDataset(source.train, build_transform(preset, True), strict=True)
     with pytest.raises(BadImageError):
         strict[0]

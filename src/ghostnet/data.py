@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
@@ -60,14 +61,17 @@ def read_image(path: str | os.PathLike) -> torch.Tensor:
     """Decode any common image file to a uint8 RGB tensor (3, H, W).
 
     Grayscale, palette, RGBA (alpha dropped), CMYK and 16-bit images are converted to 8-bit
-    RGB; unreadable files raise :class:`BadImageError` naming the file and the reason.
+    RGB, and the EXIF orientation is applied (a phone photo taken upright reads upright).
+    Unreadable files, and images past PIL's decompression-bomb limit, raise
+    :class:`BadImageError` naming the file and the reason.
     """
     path = Path(path)
     try:
         if path.stat().st_size == 0:
             raise BadImageError(f"{path}: empty file (0 bytes)")
-        with Image.open(path) as img:
-            img.load()
+        with Image.open(path) as opened:
+            opened.load()
+            img = ImageOps.exif_transpose(opened) or opened
             if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
                 # 16-bit (or float) grayscale: scale to 8 bits instead of clipping
                 arr = np.asarray(img, dtype=np.float64)
@@ -80,6 +84,11 @@ def read_image(path: str | os.PathLike) -> torch.Tensor:
                 arr = np.array(img.convert("RGB"))
     except BadImageError:
         raise
+    except Image.DecompressionBombError as exc:
+        raise BadImageError(
+            f"{path}: image too large to decode safely ({exc}); resize it, or raise "
+            "PIL.Image.MAX_IMAGE_PIXELS if you trust the file"
+        ) from exc
     except UnidentifiedImageError as exc:
         raise BadImageError(f"{path}: not a readable image (unknown or corrupt format)") from exc
     except (OSError, ValueError, SyntaxError) as exc:
@@ -185,17 +194,19 @@ def _image_folder_split(root: str, name: str, strict: bool, in_memory: str) -> S
     labels = torch.tensor([i for i, files in enumerate(per_class) for _ in files])
     keep_in_memory = in_memory == "always"
     if in_memory == "auto":
-        first = None
-        for candidate in paths[:16]:
+        # probe images spread over the whole list (all classes), and go by the majority:
+        # one odd file must not decide how the whole set is read
+        probe = paths[:: max(1, len(paths) // 32)][:32]
+        sides = []
+        for candidate in probe:
             try:
-                first = read_image(candidate)
-                break
+                sides.append(max(read_image(candidate).shape[1:]))
             except BadImageError:
                 continue
-        if first is not None:
-            side = max(first.shape[1:])
+        if sides:
+            side = Counter(sides).most_common(1)[0][0]
             keep_in_memory = (
-                side <= IN_MEMORY_MAX_SIDE and first.numel() * len(paths) <= IN_MEMORY_MAX_BYTES
+                side <= IN_MEMORY_MAX_SIDE and 3 * side * side * len(paths) <= IN_MEMORY_MAX_BYTES
             )
     if not keep_in_memory:
         return Split(name, classes, labels, files=[str(p) for p in paths])
@@ -213,10 +224,24 @@ def _image_folder_split(root: str, name: str, strict: bool, in_memory: str) -> S
     good = [i for i, t in enumerate(decoded) if t is not None]
     if not good:
         raise GhostnetError(f"{path}: no readable images; {DATA_HELP}")
-    sizes = {tuple(decoded[i].shape) for i in good}
-    if len(sizes) > 1:  # mixed sizes: fall back to decoding on the fly
-        files = [str(paths[i]) for i in good]
-        return Split(name, classes, labels[good], files=files, skipped=bad)
+    sizes = Counter(tuple(decoded[i].shape[1:]) for i in good)
+    if len(sizes) > 1:  # mixed sizes: resize the odd ones to the majority's size
+        (height, width), _ = sizes.most_common(1)[0]
+        odd = [str(paths[i]) for i in good if tuple(decoded[i].shape[1:]) != (height, width)]
+        log.warning(
+            "%s: %d of %d images are not %dx%d like the rest (e.g. %s); resized to %dx%d",
+            path,
+            len(odd),
+            len(good),
+            height,
+            width,
+            odd[0],
+            height,
+            width,
+        )
+        for i in good:
+            if tuple(decoded[i].shape[1:]) != (height, width):
+                decoded[i] = v2.functional.resize(decoded[i], [height, width], antialias=True)
     images = torch.stack([decoded[i] for i in good])
     return Split(name, classes, labels[good], images=images, skipped=bad)
 
@@ -346,8 +371,13 @@ def choose_preset(
     raise GhostnetError(f"unknown preset {name!r}: use auto, cifar or imagenet")
 
 
-def build_transform(preset: Preset, train: bool) -> v2.Compose:
-    """torchvision transforms v2 for a uint8 (3, H, W) tensor -> normalised float tensor."""
+def build_transform(
+    preset: Preset, train: bool, randaugment: int = 0, random_erase: float = 0.0
+) -> v2.Compose:
+    """torchvision transforms v2 for a uint8 (3, H, W) tensor -> normalised float tensor.
+
+    Training adds, when asked, RandAugment (2 ops at ``randaugment`` magnitude, on uint8)
+    after the crop and flip, and random erasing (probability ``random_erase``) last."""
     size = preset.input_size
     steps: list[v2.Transform]
     if preset.name == "cifar":
@@ -368,15 +398,21 @@ def build_transform(preset: Preset, train: bool) -> v2.Compose:
             ),
             v2.CenterCrop(size),
         ]
+    if train and randaugment > 0:
+        steps.append(v2.RandAugment(num_ops=2, magnitude=randaugment))
     steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(preset.mean, preset.std)]
+    if train and random_erase > 0:
+        steps.append(v2.RandomErasing(p=random_erase, value=0))
     return v2.Compose(steps)
 
 
 class ImageDataset(Dataset):
     """A :class:`Split` with a transform; randomness seeded per (seed, epoch, index).
 
-    Unreadable files met while decoding lazily are replaced by the next readable sample and
-    named once per process (``strict=True`` raises instead).
+    An unreadable file met while decoding lazily yields ``(None, path)`` instead of a
+    sample: :func:`collate_skipping` drops it from its batch and reports its path, so the
+    run lists it in ``skipped_images.txt`` and no other sample is repeated in its place
+    (``strict=True`` raises instead).
     """
 
     def __init__(
@@ -387,7 +423,6 @@ class ImageDataset(Dataset):
         self.seed = seed
         self.epoch = 0
         self.strict = strict
-        self._warned: set[str] = set()
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -395,35 +430,64 @@ class ImageDataset(Dataset):
     def __len__(self) -> int:
         return len(self.split)
 
-    def _image(self, index: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor | None, int | str]:
         if self.split.images is not None:
-            return self.split.images[index], index
-        assert self.split.files is not None
-        for offset in range(len(self.split)):
-            i = (index + offset) % len(self.split)
+            image = self.split.images[index]
+        else:
+            assert self.split.files is not None
             try:
-                return read_image(self.split.files[i]), i
-            except BadImageError as exc:
+                image = read_image(self.split.files[index])
+            except BadImageError:
                 if self.strict:
                     raise
-                if self.split.files[i] not in self._warned:
-                    self._warned.add(self.split.files[i])
-                    log.warning("skipping unreadable image (named once): %s", exc)
-        raise GhostnetError(f"no readable image in the {self.split.name} split")
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        image, used = self._image(index)
+                return None, self.split.files[index]
         sample_seed = (self.seed * 1_000_003 + self.epoch) * 100_000_007 + index
         with torch.random.fork_rng(devices=[]):
             torch.random.default_generator.manual_seed(sample_seed % (1 << 63))
             tensor = self.transform(image)
-        return tensor, int(self.split.labels[used])
+        return tensor, int(self.split.labels[index])
+
+
+@dataclass
+class Batch:
+    """A collated batch: images, labels, and the files that could not be read."""
+
+    images: torch.Tensor
+    targets: torch.Tensor
+    skipped: list[str]
+
+    def __iter__(self):  # (images, targets) unpacking, as with the default collate
+        return iter((self.images, self.targets))
+
+
+def collate_skipping(samples: list[tuple[torch.Tensor | None, int | str]]) -> Batch:
+    """Stack the readable samples; name the unreadable ones (see :class:`ImageDataset`)."""
+    good = [(x, y) for x, y in samples if x is not None]
+    skipped = [str(y) for x, y in samples if x is None]
+    if not good:
+        return Batch(torch.empty(0), torch.empty(0, dtype=torch.long), skipped)
+    images = torch.stack([x for x, _ in good])
+    targets = torch.tensor([int(y) for _, y in good], dtype=torch.long)
+    return Batch(images, targets, skipped)
+
+
+def batch_mixer(mixup: float, cutmix: float, num_classes: int) -> v2.Transform | None:
+    """Batch-level mixup and/or cutmix (torchvision v2), one of the two per batch when both
+    are on; the targets become class probabilities (soft targets). ``None`` when off."""
+    mixers: list[v2.Transform] = []
+    if mixup > 0:
+        mixers.append(v2.MixUp(alpha=mixup, num_classes=num_classes))
+    if cutmix > 0:
+        mixers.append(v2.CutMix(alpha=cutmix, num_classes=num_classes))
+    if not mixers:
+        return None
+    return mixers[0] if len(mixers) == 1 else v2.RandomChoice(mixers)
 
 
 def balanced_subset(labels: torch.Tensor, count: int, seed: int) -> torch.Tensor:
     """``count`` indices with (as near as possible) equal numbers per class, fixed by seed."""
     if count < 1:
-        raise GhostnetError(f"--train-subset must be >= 1, got {count}")
+        raise GhostnetError(f"a subset must hold >= 1 image, got {count}")
     classes = torch.unique(labels).tolist()
     generator = torch.Generator().manual_seed(seed)
     per_class = [

@@ -1,26 +1,31 @@
 """Training and evaluation: one loop you can read in one sitting.
 
 ``fit(config)`` trains any model on any data the data module opens, on CPU or GPU, in one
-process or many (``torchrun`` -> DDP). Every epoch (and every ``checkpoint_every`` steps)
-it writes ``last.pt`` atomically with everything needed to continue exactly: weights,
-optimizer, scheduler, scaler, EMA, position in the epoch, running metrics and RNG states.
-The engine knows nothing about Ghost modules.
+process or many (``torchrun`` -> DDP). It reads top to bottom as its sections:
+``open_run`` (checks, nothing written yet) -> ``build_state`` (model, optimizer,
+schedule, EMA; restored from a checkpoint on resume) -> per epoch ``train_one_epoch`` then
+``end_epoch`` (evaluation, metrics, checkpoints) -> ``finish`` (summary, curves).
+``TrainState`` holds everything that changes during a run and saves/restores itself, so a
+resumed run replays the same computation. The engine knows nothing about Ghost modules
+nor about detection (which plugs in beside it, in ``ghostnet.detection``).
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import logging
 import math
 import os
 import random
+import shutil
 import signal
 import sys
 import time
 from collections.abc import Iterator
 from contextlib import nullcontext, suppress
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,134 +39,40 @@ from torch.optim.lr_scheduler import (
     LRScheduler,
     MultiStepLR,
     SequentialLR,
+    StepLR,
 )
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, DistributedSampler
 
-from .checkpoint import FORMAT, atomic_save, read_checkpoint, remove_stale_temp_files
+from .checkpoint import (
+    FORMAT,
+    atomic_save,
+    evaluation_weights,
+    read_checkpoint,
+    remove_stale_temp_files,
+)
+from .config import RECIPES, TrainConfig, config_from
 from .data import (
     ImageDataset,
     Preset,
     balanced_subset,
+    batch_mixer,
     build_transform,
     choose_preset,
+    collate_skipping,
     open_data,
 )
+from .distill import TrainLoss, load_teacher
 from .errors import GhostnetError
 from .models import ModelSpec
 from .profile import profile
 
 log = logging.getLogger("ghostnet")
 
+__all__ = ["RECIPES", "TrainConfig", "config_from", "evaluate", "fit"]
 
-@dataclass
-class TrainConfig:
-    """Everything a run depends on; stored in every checkpoint as plain data."""
-
-    model: str
-    data: str
-    out: str
-    model_kwargs: dict[str, Any] = field(default_factory=dict)
-    ghostify: dict[str, Any] | None = None
-    recipe: str | None = None
-    epochs: int = 30
-    batch_size: int = 128  # per process
-    lr: float = 0.1
-    opt: str = "sgd"  # sgd | adamw
-    momentum: float = 0.9
-    nesterov: bool = False
-    weight_decay: float = 5e-4  # conv/linear weights only; BN and biases are not decayed
-    sched: str = "cosine"  # cosine | step
-    warmup_epochs: float = 0.0
-    milestones: list[int] = field(default_factory=list)  # epochs, for sched=step
-    gamma: float = 0.1
-    min_lr: float = 0.0
-    label_smoothing: float = 0.0
-    clip_grad: float = 0.0
-    ema: float = 0.0  # EMA decay per step; 0 = off
-    amp: str = "none"  # none | bf16 | fp16
-    channels_last: bool = False
-    sync_bn: bool = False  # DDP on CUDA: BatchNorm statistics over the global batch
-    seed: int = 0
-    workers: int = 0
-    device: str = "auto"  # auto | cpu | cuda
-    preset: str = "auto"  # auto | cifar | imagenet
-    input_size: int | None = None
-    train_subset: int | None = None
-    eval_subset: int | None = None
-    checkpoint_every: int = 0  # steps; 0 = at epoch ends only
-    strict_data: bool = False
-    quiet: bool = False
-
-    @property
-    def spec(self) -> ModelSpec:
-        return ModelSpec(self.model, dict(self.model_kwargs), self.ghostify)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
-
-
-# Named recipes; explicit flags override their values.
-RECIPES: dict[str, dict[str, Any]] = {
-    # He et al. / the paper's CIFAR recipe: SGD 0.1, momentum 0.9, wd 1e-4, batch 128,
-    # 64k iterations with the LR divided by 10 at 32k and 48k (= epochs 82 and 123 of 164).
-    "paper-cifar": dict(
-        epochs=164,
-        batch_size=128,
-        lr=0.1,
-        opt="sgd",
-        momentum=0.9,
-        weight_decay=1e-4,
-        sched="step",
-        milestones=[82, 123],
-        gamma=0.1,
-        warmup_epochs=0.0,
-    ),
-    # A short cosine schedule for CPU runs and quick comparisons.
-    "cifar-fast": dict(
-        epochs=15,
-        batch_size=128,
-        lr=0.1,
-        opt="sgd",
-        momentum=0.9,
-        nesterov=True,
-        weight_decay=5e-4,
-        sched="cosine",
-        warmup_epochs=1.0,
-        label_smoothing=0.0,
-        channels_last=True,  # ~20% faster on CPU
-    ),
-    # A mobile-network ImageNet recipe (SGD + cosine + label smoothing + EMA) for 8
-    # processes x 128 = a global batch of 1024 at lr 0.4; scale lr linearly with the batch.
-    "imagenet-mobile": dict(
-        epochs=300,
-        batch_size=128,
-        lr=0.4,
-        opt="sgd",
-        momentum=0.9,
-        nesterov=True,
-        weight_decay=4e-5,
-        sched="cosine",
-        warmup_epochs=3.0,
-        label_smoothing=0.1,
-        ema=0.9999,
-        preset="imagenet",
-    ),
-}
-
-
-def config_from(recipe: str | None, **overrides: Any) -> TrainConfig:
-    """Defaults <- recipe <- explicit values (``None`` means "not given")."""
-    values: dict[str, Any] = {}
-    if recipe is not None:
-        if recipe not in RECIPES:
-            raise GhostnetError(f"unknown recipe {recipe!r}: choose from {', '.join(RECIPES)}")
-        values.update(RECIPES[recipe])
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    values["recipe"] = recipe
-    return TrainConfig(**values)
+# files that make a folder a run folder (train refuses to write over them)
+RUN_FILES = ("last.pt", "best.pt", "summary.json", "metrics.csv")
 
 
 # --------------------------------------------------------------------- distributed
@@ -194,11 +105,52 @@ def init_distributed(device_kind: str) -> Dist:
     return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
 
-def _all_reduce(values: torch.Tensor, ddp: Dist) -> torch.Tensor:
-    if ddp.enabled:
-        values = values.clone()
-        dist.all_reduce(values)
-    return values
+class Collectives:
+    """Every collective of a run, on tensors that live on the training device.
+
+    NCCL only accepts tensors on the GPU, so values are created on ``device`` here and the
+    check below makes a tensor on any other device an immediate error (on one process too,
+    where no collective runs), instead of a failure that only multi-GPU runs would meet.
+    """
+
+    def __init__(self, ddp: Dist, device: torch.device) -> None:
+        self.ddp = ddp
+        self.device = device
+
+    def _check(self, tensor: torch.Tensor) -> None:
+        if tensor.device != self.device:
+            raise RuntimeError(
+                f"collective on a tensor on {tensor.device}, the run trains on {self.device}"
+            )
+
+    def sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The element-wise sum over all processes (the tensor itself on one process)."""
+        self._check(tensor)
+        if self.ddp.enabled:
+            tensor = tensor.clone()
+            dist.all_reduce(tensor)
+        return tensor
+
+    def agree(self, *flags: bool | torch.Tensor) -> list[bool]:
+        """Whether any process raised each flag: every process gets the same answer."""
+        values = torch.stack(
+            [torch.as_tensor(f, dtype=torch.float32, device=self.device).reshape(()) for f in flags]
+        )
+        return [bool(v) for v in (self.sum(values) > 0).tolist()]
+
+    def broadcast_buffers(self, module: nn.Module) -> None:
+        """Rank 0's buffers (BN statistics) everywhere, before evaluating."""
+        if self.ddp.enabled:
+            for buffer in module.buffers():
+                self._check(buffer)
+                dist.broadcast(buffer, 0)
+
+    def gather_objects(self, obj: Any) -> list[Any]:
+        if not self.ddp.enabled:
+            return [obj]
+        gathered: list[Any] = [None] * self.ddp.world
+        dist.all_gather_object(gathered, obj)
+        return gathered
 
 
 def pick_device(name: str, ddp: Dist | None = None) -> torch.device:
@@ -259,7 +211,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    """SGD or AdamW; weight decay on conv/linear weights only (not BN, not biases)."""
+    """SGD, AdamW or RMSprop; weight decay on conv/linear weights only (not BN, biases)."""
     decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
     groups = [
@@ -275,19 +227,27 @@ def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimi
         )
     if config.opt == "adamw":
         return torch.optim.AdamW(groups, lr=config.lr)
-    raise GhostnetError(f"--opt must be sgd or adamw, got {config.opt!r}")
+    if config.opt == "rmsprop":
+        return torch.optim.RMSprop(
+            groups, lr=config.lr, alpha=0.9, eps=config.rmsprop_eps, momentum=config.momentum
+        )
+    raise GhostnetError(f"--opt must be sgd, adamw or rmsprop, got {config.opt!r}")
 
 
 def build_scheduler(
     optimizer: torch.optim.Optimizer, config: TrainConfig, steps_per_epoch: int
 ) -> LRScheduler:
-    """Per-step schedule: optional linear warmup, then cosine to ``min_lr`` or step decay."""
+    """Per-step schedule: optional linear warm-up, then cosine to ``min_lr`` or step decay
+    (at ``milestones``, or every ``decay_epochs``)."""
     total = config.epochs * steps_per_epoch
     warmup = min(round(config.warmup_epochs * steps_per_epoch), max(total - 1, 0))
     if config.sched == "cosine":
         main: LRScheduler = CosineAnnealingLR(
             optimizer, T_max=max(total - warmup, 1), eta_min=config.min_lr
         )
+    elif config.sched == "step" and config.decay_epochs > 0:
+        every = max(round(config.decay_epochs * steps_per_epoch), 1)
+        main = StepLR(optimizer, step_size=every, gamma=config.gamma)
     elif config.sched == "step":
         milestones = [max(m * steps_per_epoch - warmup, 1) for m in config.milestones]
         main = MultiStepLR(optimizer, milestones=milestones, gamma=config.gamma)
@@ -297,6 +257,19 @@ def build_scheduler(
         return main
     ramp = LinearLR(optimizer, start_factor=1e-3, end_factor=1.0, total_iters=warmup)
     return SequentialLR(optimizer, [ramp, main], milestones=[warmup])
+
+
+def replan_scheduler(
+    optimizer: torch.optim.Optimizer, config: TrainConfig, steps_per_epoch: int, done: int
+) -> LRScheduler:
+    """A new schedule for ``config`` (new lr, epochs...), advanced to step ``done``: the LR
+    from here on is the one a run started with this config would have."""
+    for group in optimizer.param_groups:
+        group["lr"] = group["initial_lr"] = config.lr
+    scheduler = build_scheduler(optimizer, config, steps_per_epoch)
+    for _ in range(done):
+        scheduler.step()
+    return scheduler
 
 
 def autocast_for(device: torch.device, amp: str) -> Any:
@@ -325,15 +298,20 @@ def evaluate(
     ddp: Dist | None = None,
     progress: bool = False,
 ) -> dict[str, Any]:
-    """Loss, top-1, top-5 and per-class accuracy; each sample counted exactly once."""
+    """Loss, top-1, top-5 and per-class accuracy; each sample counted exactly once.
+
+    Sums stay on the device and are read back once, at the end."""
     from tqdm import tqdm
 
     model.eval()
     criterion = nn.CrossEntropyLoss(reduction="sum")
-    totals = torch.zeros(4, dtype=torch.float64)  # loss, top1, top5, count
-    per_class = torch.zeros(2, num_classes, dtype=torch.float64)  # correct, count
+    dtype = torch.float64 if device.type != "mps" else torch.float32
+    totals = torch.zeros(4, dtype=dtype, device=device)  # loss, top1, top5, count
+    per_class = torch.zeros(2, num_classes, dtype=dtype, device=device)  # correct, count
     k = min(5, num_classes)
     for images, targets in tqdm(loader, desc="eval", leave=False, disable=not progress):
+        if len(targets) == 0:
+            continue
         images, targets = images.to(device), targets.to(device)
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
@@ -343,20 +321,26 @@ def evaluate(
         top = logits.topk(k, dim=1).indices
         hit1 = top[:, 0] == targets
         hit5 = (top == targets[:, None]).any(dim=1)
-        totals += torch.tensor(
-            [criterion(logits, targets).item(), hit1.sum().item(), hit5.sum().item(), len(targets)],
-            dtype=torch.float64,
+        totals += torch.stack(
+            [
+                criterion(logits, targets).to(dtype),
+                hit1.sum().to(dtype),
+                hit5.sum().to(dtype),
+                torch.full((), len(targets), dtype=dtype, device=device),
+            ]
         )
-        per_class[0].index_add_(0, targets.cpu(), hit1.cpu().double())
-        per_class[1].index_add_(0, targets.cpu(), torch.ones(len(targets), dtype=torch.float64))
+        per_class[0].index_add_(0, targets, hit1.to(dtype))
+        per_class[1].index_add_(0, targets, torch.ones_like(targets, dtype=dtype))
     if ddp is not None:
-        totals, per_class = _all_reduce(totals, ddp), _all_reduce(per_class, ddp)
-    count = max(totals[3].item(), 1.0)
+        collectives = Collectives(ddp, device)
+        totals, per_class = collectives.sum(totals), collectives.sum(per_class)
+    totals_list, per_class = totals.tolist(), per_class.cpu()
+    count = max(totals_list[3], 1.0)
     return {
-        "loss": totals[0].item() / count,
-        "top1": 100.0 * totals[1].item() / count,
-        "top5": 100.0 * totals[2].item() / count,
-        "count": int(totals[3].item()),
+        "loss": totals_list[0] / count,
+        "top1": 100.0 * totals_list[1] / count,
+        "top5": 100.0 * totals_list[2] / count,
+        "count": int(totals_list[3]),
         "per_class": (100.0 * per_class[0] / per_class[1].clamp(min=1)).tolist(),
         "per_class_count": per_class[1].long().tolist(),
     }
@@ -373,21 +357,358 @@ def eval_loader(
         batch_size=batch_size,
         sampler=indices,
         num_workers=workers,
+        collate_fn=collate_skipping,
         generator=torch.Generator().manual_seed(0),
     )
 
 
-# --------------------------------------------------------------------- the run
+# --------------------------------------------------------------------- data
 
 
-class _StopRequested:
-    """SIGTERM/SIGINT set a flag; the loop saves a checkpoint at the next step and exits."""
+@dataclass
+class PreparedData:
+    """Everything the loop needs from the data side."""
+
+    train_set: ImageDataset
+    eval_set: ImageDataset
+    sampler: ResumableSampler
+    loader: DataLoader
+    test_loader: DataLoader
+    classes: list[str]
+    preset: Preset
+
+
+def prepare_data(config: TrainConfig, ddp: Dist, pin_memory: bool = False) -> PreparedData:
+    """Open ``config.data``, apply subsets, pick the preset, build datasets and loaders."""
+    source = open_data(config.data, strict=config.strict_data)
+    assert source.train is not None
+    train_split, eval_split = source.train, source.eval
+    if config.train_subset:
+        picked = balanced_subset(train_split.labels, config.train_subset, config.seed)
+        train_split = train_split.subset(picked)
+    if config.eval_subset:
+        eval_split = eval_split.subset(
+            balanced_subset(eval_split.labels, config.eval_subset, config.seed)
+        )
+    if len(train_split) == 0 or len(eval_split) == 0:
+        raise GhostnetError(f"{config.data}: the train or eval split is empty")
+    preset = choose_preset(config.preset, train_split.image_size, config.input_size)
+    train_tf = build_transform(preset, True, config.randaugment, config.random_erase)
+    train_set = ImageDataset(train_split, train_tf, config.seed, config.strict_data)
+    eval_set = ImageDataset(eval_split, build_transform(preset, False), config.seed)
+    sampler = ResumableSampler(train_set, ddp.world, ddp.rank, config.seed)
+    # the loader gets its own generator so it never draws from the global RNG (exact resume)
+    loader = DataLoader(
+        train_set,
+        batch_size=config.batch_size,
+        sampler=sampler,
+        num_workers=config.workers,
+        pin_memory=pin_memory,
+        collate_fn=collate_skipping,
+        generator=torch.Generator().manual_seed(config.seed),
+    )
+    test_loader = eval_loader(eval_set, config.batch_size, config.workers, ddp)
+    return PreparedData(train_set, eval_set, sampler, loader, test_loader, source.classes, preset)
+
+
+# --------------------------------------------------------------------- run folder
+
+
+def _norm_data(value: str) -> str:
+    return value if value.lower() == "cifar10" else str(Path(value).expanduser().resolve())
+
+
+def check_out_folder(out: Path, *, resume: bool, overwrite: bool) -> None:
+    """Refuse an --out that is a file, unwritable, or already holds a run (unless resuming
+    or ``overwrite``); nothing is written here."""
+    if out.exists() and not out.is_dir():
+        raise GhostnetError(f"--out {out} is an existing file; give a folder path")
+    existing = out if out.exists() else next((p for p in out.parents if p.exists()), Path("/"))
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise GhostnetError(f"--out {out}: cannot write in {existing}; choose another folder")
+    if out.is_dir() and not resume and not overwrite:
+        found = [name for name in RUN_FILES if (out / name).exists()]
+        if found:
+            raise GhostnetError(
+                f"--out {out} already holds a run ({', '.join(found)}); continue it with "
+                "--resume, choose a new --out, or pass --overwrite to replace it"
+            )
+
+
+def resolve_resume(
+    config: TrainConfig, checkpoint: dict[str, Any], path: Path
+) -> tuple[TrainConfig, bool]:
+    """The config to continue with: the checkpoint's, with the asked changes that are sound.
+
+    Refuses, naming the flag, any change that would make it another run (model, data,
+    optimizer...); applies where/how-verbosely changes; applies new epochs / LR / schedule
+    values by re-planning the schedule from the current step (returned flag), and says so.
+    """
+    saved = TrainConfig.from_dict(checkpoint["config"])
+    if config.epochs < checkpoint["epoch"]:
+        raise GhostnetError(
+            f"cannot resume from {path} with --epochs {config.epochs}: it has already trained "
+            f"{checkpoint['epoch']} epochs; give --epochs >= {checkpoint['epoch']}"
+        )
+    replan = False
+    for f in dataclasses.fields(TrainConfig):
+        a, b = getattr(saved, f.name), getattr(config, f.name)
+        if f.name == "data":
+            a, b = _norm_data(a), _norm_data(b)
+        if a == b:
+            continue
+        policy = f.metadata.get("resume", "fixed")
+        flag = "--" + f.name.replace("_", "-")
+        if policy == "fixed":
+            raise GhostnetError(
+                f"cannot resume from {path} with {flag} {getattr(config, f.name)!r}: the run "
+                f"was trained with {f.name}={getattr(saved, f.name)!r}; drop the flag, or "
+                "start a new run with a new --out"
+            )
+        if policy == "replan":
+            replan = True
+            log.info("resume: %s %r -> %r", flag, getattr(saved, f.name), getattr(config, f.name))
+    if replan:
+        log.info("resume: the LR schedule is re-planned for the new values from the current step")
+    return config, replan
+
+
+# --------------------------------------------------------------------- state
+
+
+@dataclass
+class Meters:
+    """Running sums of one epoch, kept on the device: read back once per log interval."""
+
+    device: torch.device
+    sums: torch.Tensor = field(init=False)  # loss * n, correct, seen, non-finite steps
+    train_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.sums = torch.zeros(4, dtype=torch.float64, device=self.device)
+
+    def update(self, loss: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor) -> None:
+        hard = targets.argmax(1) if targets.ndim == 2 else targets
+        n = len(hard)
+        finite = torch.isfinite(loss)
+        dtype = self.sums.dtype
+        self.sums += torch.stack(
+            [
+                torch.where(finite, loss.detach() * n, 0.0).to(dtype),
+                (logits.detach().argmax(1) == hard).sum().to(dtype),
+                torch.full((), n, dtype=dtype, device=self.sums.device),
+                (~finite).to(dtype),
+            ]
+        )
+
+    def read(self) -> dict[str, float]:
+        loss, correct, seen, bad = self.sums.tolist()
+        return {"loss": loss, "correct": correct, "seen": seen, "nonfinite": bad}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**self.read(), "train_s": self.train_s}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        values = [state["loss"], state["correct"], state["seen"], state.get("nonfinite", 0.0)]
+        self.sums = torch.tensor(values, dtype=torch.float64, device=self.device)
+        self.train_s = float(state["train_s"])
+
+
+@dataclass
+class TrainState:
+    """Everything that changes during a run; ``checkpoint()`` / ``restore()`` round-trip it."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: LRScheduler
+    scaler: torch.amp.GradScaler
+    ema: AveragedModel | None
+    meters: Meters
+    epoch: int = 0
+    step_in_epoch: int = 0
+    global_step: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best: dict[str, Any] = field(default_factory=lambda: {"top1": -1.0, "epoch": -1})
+    skipped_images: list[str] = field(default_factory=list)
+    elapsed_before: float = 0.0
+
+    @property
+    def eval_model(self) -> nn.Module:
+        return self.ema.module if self.ema is not None else self.model
+
+    def checkpoint(self, run: RunInfo, rng_states: list[Any]) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "task": run.config.task,
+            "model_spec": run.spec.to_dict(),
+            "classes": run.classes,
+            "preset": run.preset.to_dict(),
+            "config": asdict(run.config),
+            "model": self.model.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "epoch": self.epoch,
+            "step_in_epoch": self.step_in_epoch,
+            "global_step": self.global_step,
+            "meters": self.meters.state_dict(),
+            "history": self.history,
+            "best": self.best,
+            "skipped_images": self.skipped_images,
+            "rng": rng_states,
+            "world_size": run.ddp.world,
+            "elapsed_s": self.elapsed_before + time.perf_counter() - run.wall_start,
+            "params": run.params,
+            "macs": run.macs,
+        }
+
+    def restore(self, checkpoint: dict[str, Any], run: RunInfo, replan: bool) -> None:
+        self.model.load_state_dict(checkpoint["model"])
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.scaler.load_state_dict(checkpoint["scaler"])
+        if self.ema is not None:
+            self.ema.load_state_dict(checkpoint["ema"])
+        self.epoch, self.step_in_epoch = checkpoint["epoch"], checkpoint["step_in_epoch"]
+        self.global_step = checkpoint["global_step"]
+        if replan:
+            self.scheduler = replan_scheduler(
+                self.optimizer, run.config, run.steps_per_epoch, self.global_step
+            )
+        else:
+            self.scheduler.load_state_dict(checkpoint["scheduler"])
+        self.meters.load_state_dict(checkpoint["meters"])
+        self.history = list(checkpoint["history"])
+        self.best = dict(checkpoint["best"])
+        self.skipped_images = list(checkpoint.get("skipped_images", []))
+        self.elapsed_before = float(checkpoint.get("elapsed_s", 0.0))
+        states = checkpoint["rng"]
+        if len(states) == run.ddp.world:
+            set_rng_state(states[run.ddp.rank])
+        else:
+            log.warning(
+                "resuming on %d processes, saved with %d: RNG streams restart",
+                run.ddp.world,
+                len(states),
+            )
+
+
+@dataclass
+class RunInfo:
+    """What a run is (fixed once it starts): config, data, device, model counts, teacher."""
+
+    config: TrainConfig
+    out: Path
+    ddp: Dist
+    device: torch.device
+    collectives: Collectives
+    data: PreparedData
+    spec: ModelSpec
+    params: int
+    macs: int
+    steps_per_epoch: int
+    teacher: nn.Module | None
+    mixer: Any
+    loss: TrainLoss
+    wall_start: float = field(default_factory=time.perf_counter)
+
+    @property
+    def classes(self) -> list[str]:
+        return self.data.classes
+
+    @property
+    def preset(self) -> Preset:
+        return self.data.preset
+
+    @property
+    def interactive(self) -> bool:
+        return self.ddp.main and not self.config.quiet and sys.stderr.isatty()
+
+
+def build_model(config: TrainConfig, classes: list[str], preset: Preset) -> tuple[Any, Any, Any]:
+    """The model (same initial weights on every rank), its spec and counts."""
+    torch.manual_seed(config.seed)
+    spec = config.spec
+    spec.kwargs.setdefault("num_classes", len(classes))
+    model = spec.build()
+    if config.init_weights:
+        _load_init_weights(model, config.init_weights)
+    counts = profile(model, (3, preset.input_size, preset.input_size))
+    return model, spec, counts
+
+
+def _load_init_weights(model: nn.Module, source: str) -> None:
+    from .weights import load_into, load_state_dict_file, safe_torch_load
+
+    path = Path(source).expanduser()
+    if not path.is_file():
+        raise GhostnetError(f"--init-weights: file not found: {path}")
+    data = safe_torch_load(path) if path.suffix != ".safetensors" else None
+    if isinstance(data, dict) and data.get("format") == FORMAT:
+        state = evaluation_weights(data)
+    else:
+        state = load_state_dict_file(path)
+    load_into(model, state, source=str(path))
+
+
+def build_state(run: RunInfo, model: nn.Module) -> TrainState:
+    """Optimizer, schedule, scaler and EMA around ``model`` (moved to the device)."""
+    config, device = run.config, run.device
+    model.to(device)
+    if config.channels_last:
+        model.to(memory_format=torch.channels_last)
+    if config.sync_bn and run.ddp.enabled:
+        if device.type != "cuda":
+            raise GhostnetError("--sync-bn needs CUDA (torch has no CPU SyncBatchNorm)")
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    optimizer = build_optimizer(model, config)
+    ema = (
+        AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema), use_buffers=True)
+        if config.ema > 0
+        else None
+    )
+    return TrainState(
+        model=model,
+        optimizer=optimizer,
+        scheduler=build_scheduler(optimizer, config, run.steps_per_epoch),
+        scaler=torch.amp.GradScaler(device.type, enabled=config.amp == "fp16"),
+        ema=ema,
+        meters=Meters(device),
+    )
+
+
+def wrap_for_training(run: RunInfo, model: nn.Module) -> nn.Module:
+    """DDP around the model when distributed, then torch.compile when asked."""
+    wrapped = model
+    if run.ddp.enabled:
+        device_ids = [run.device.index] if run.device.type == "cuda" else None
+        wrapped = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+    if run.config.compile:
+        wrapped = torch.compile(wrapped)
+    return wrapped
+
+
+# --------------------------------------------------------------------- checkpoints
+
+
+def save_checkpoint(run: RunInfo, state: TrainState, names: tuple[str, ...]) -> None:
+    """Gather every rank's RNG state, then rank 0 writes ``names`` atomically. Every rank
+    must call this at the same point (the gather is a collective)."""
+    states = run.collectives.gather_objects(rng_state())
+    if run.ddp.main:
+        payload = state.checkpoint(run, states)
+        for name in names:
+            atomic_save(payload, run.out / name)
+
+
+class StopRequested:
+    """SIGTERM/SIGINT set a flag; the loop saves a checkpoint and exits at its next sync."""
 
     def __init__(self) -> None:
         self.signal: int | None = None
         self._old: dict[int, Any] = {}
 
-    def __enter__(self) -> _StopRequested:
+    def __enter__(self) -> StopRequested:
         for sig in (signal.SIGTERM, signal.SIGINT):
             with suppress(ValueError):  # not the main thread: leave signals alone
                 self._old[sig] = signal.signal(sig, self._handle)
@@ -399,6 +720,170 @@ class _StopRequested:
     def __exit__(self, *exc: object) -> None:
         for sig, handler in self._old.items():
             signal.signal(sig, handler)
+
+
+class NonFiniteLoss(GhostnetError):
+    """The loss became NaN/inf; nothing after the last finite checkpoint was saved."""
+
+
+class Stopped(Exception):
+    """A signal asked the run to stop; its state was saved."""
+
+
+# --------------------------------------------------------------------- one epoch
+
+
+def _fault_injection_step() -> int | None:
+    """Tests only: ``GHOSTNET_KILL_AT_STEP=N`` SIGKILLs the process right after step N, so
+    a crash at a chosen, reproducible point can be tested."""
+    value = os.environ.get("GHOSTNET_KILL_AT_STEP")
+    return int(value) if value else None
+
+
+def train_one_epoch(run: RunInfo, state: TrainState, train_model: nn.Module, stop: Any) -> None:
+    """Train from ``state.step_in_epoch`` to the end of ``state.epoch``.
+
+    Host syncs happen only at sync points (every ``log_every`` steps, periodic checkpoints,
+    the epoch's last step, a stop request): there the running sums are read back, and all
+    ranks agree on a non-finite loss (raise, nothing saved) and on a stop request (save,
+    raise ``Stopped``)."""
+    config, device, data = run.config, run.device, run.data
+    steps = run.steps_per_epoch
+    data.sampler.set_epoch(state.epoch)
+    data.train_set.set_epoch(state.epoch)
+    data.sampler.skip = state.step_in_epoch * config.batch_size
+    if state.step_in_epoch == 0:
+        state.meters = Meters(device)
+    train_model.train()
+    from tqdm import tqdm
+
+    bar = tqdm(
+        total=steps,
+        initial=state.step_in_epoch,
+        disable=not run.interactive,
+        desc=f"epoch {state.epoch + 1}/{config.epochs}",
+        leave=False,
+    )
+    kill_at = _fault_injection_step()
+    tick = time.perf_counter()
+    for step, batch in enumerate(data.loader, start=state.step_in_epoch):
+        for path in batch.skipped:
+            if path not in state.skipped_images:
+                log.warning(
+                    "skipping unreadable image (named once, see skipped_images.txt): %s", path
+                )
+                state.skipped_images.append(path)
+        if len(batch.targets):
+            train_step(run, state, train_model, batch.images, batch.targets)
+        state.global_step += 1
+        state.step_in_epoch = step + 1
+        now = time.perf_counter()
+        state.meters.train_s += now - tick
+        tick = now
+        bar.update(1)
+        if kill_at is not None and state.global_step == kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+        last = step + 1 >= steps
+        periodic = config.checkpoint_every and state.global_step % config.checkpoint_every == 0
+        logged = (step + 1) % config.log_every == 0
+        local_stop = stop.signal is not None and not run.ddp.enabled
+        if not (last or periodic or logged or local_stop):
+            continue
+        sums = state.meters.read()
+        nonfinite, stopping = run.collectives.agree(sums["nonfinite"] > 0, stop.signal is not None)
+        if nonfinite:
+            bar.close()
+            raise NonFiniteLoss(_nonfinite_message(run, state))
+        _report_progress(run, state, bar, sums)
+        if stopping or (periodic and not last):  # (the epoch's end saves by itself)
+            save_checkpoint(run, state, ("last.pt",))
+        if stopping:
+            bar.close()
+            raise Stopped()
+    bar.close()
+
+
+def train_step(
+    run: RunInfo,
+    state: TrainState,
+    train_model: nn.Module,
+    images: torch.Tensor,
+    targets: torch.Tensor,
+) -> None:
+    """One optimisation step: (mix) -> forward (+ teacher) -> loss -> backward -> update."""
+    config, device = run.config, run.device
+    images = images.to(device, non_blocking=True)
+    targets = targets.to(device, non_blocking=True)
+    if run.mixer is not None:
+        images, targets = run.mixer(images, targets)
+    if config.channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    with autocast_for(device, config.amp):
+        logits = train_model(images)
+        teacher_logits = None
+        if run.teacher is not None:
+            with torch.no_grad():
+                teacher_logits = run.teacher(images)
+        loss = run.loss(logits, targets, teacher_logits)
+    state.meters.update(loss, logits, targets)
+    if config.on_nonfinite == "skip":
+        (finite,) = run.collectives.agree(torch.isfinite(loss))
+        if not finite:  # agreed by every rank, before any backward (DDP's hooks)
+            log.warning("non-finite loss at step %d: step skipped", state.global_step + 1)
+            state.meters.sums[3] = 0  # counted as skipped, not as a reason to stop
+            return
+    state.optimizer.zero_grad(set_to_none=True)
+    state.scaler.scale(loss).backward()
+    if config.clip_grad > 0:
+        state.scaler.unscale_(state.optimizer)
+        nn.utils.clip_grad_norm_(state.model.parameters(), config.clip_grad)
+    state.scaler.step(state.optimizer)
+    state.scaler.update()
+    state.scheduler.step()
+    if state.ema is not None:
+        state.ema.update_parameters(state.model)
+
+
+def _nonfinite_message(run: RunInfo, state: TrainState) -> str:
+    last = run.out / "last.pt"
+    if last.exists():
+        kept = read_checkpoint(last)
+        where = (
+            f"{last} is the last finite state (epoch {kept['epoch'] + 1}, step "
+            f"{kept['step_in_epoch']}); continue it with --resume and a lower --lr (the "
+            "schedule is re-planned) or --clip-grad"
+        )
+    else:
+        where = "no checkpoint was written before it; start again with a lower --lr or --clip-grad"
+    return (
+        f"the loss became NaN/inf in epoch {state.epoch + 1} before step "
+        f"{state.step_in_epoch}; nothing after it was saved: {where}"
+    )
+
+
+def _report_progress(run: RunInfo, state: TrainState, bar: Any, sums: dict[str, float]) -> None:
+    if not run.ddp.main or run.config.quiet:
+        return
+    seen = max(sums["seen"], 1.0)
+    loss, acc = sums["loss"] / seen, 100 * sums["correct"] / seen
+    img_s = sums["seen"] / max(state.meters.train_s, 1e-9)
+    if run.interactive:
+        bar.set_postfix(loss=f"{loss:.3f}", acc=f"{acc:.1f}", img_s=f"{img_s:.0f}")
+    elif state.step_in_epoch < run.steps_per_epoch:
+        log.info(
+            "epoch %d/%d step %d/%d  loss %.4f  top-1 %.2f  %.0f img/s  lr %.3g",
+            state.epoch + 1,
+            run.config.epochs,
+            state.step_in_epoch,
+            run.steps_per_epoch,
+            loss,
+            acc,
+            img_s,
+            state.optimizer.param_groups[0]["lr"],
+        )
+
+
+# --------------------------------------------------------------------- reporting
 
 
 METRIC_FIELDS = [
@@ -432,81 +917,129 @@ def _tensorboard(out: Path) -> Any:
     return SummaryWriter(str(out / "tensorboard"))
 
 
-def _check_resume_matches(saved: TrainConfig, asked: TrainConfig, path: Path) -> None:
-    for key in ("model", "model_kwargs", "ghostify", "data", "train_subset"):
-        a, b = getattr(saved, key), getattr(asked, key)
-        if key == "data":
-            a, b = _norm_data(a), _norm_data(b)
-        if a != b:
-            raise GhostnetError(
-                f"cannot resume from {path}: it was trained with {key}={getattr(saved, key)!r}, "
-                f"this run asks for {getattr(asked, key)!r}; use the same {key} or a new --out"
-            )
+def run_eval(run: RunInfo, state: TrainState) -> dict[str, Any]:
+    run.collectives.broadcast_buffers(state.eval_model)  # BN statistics of rank 0
+    return evaluate(
+        state.eval_model,
+        run.data.test_loader,
+        run.device,
+        len(run.classes),
+        amp=run.config.amp,
+        channels_last=run.config.channels_last,
+        ddp=run.ddp,
+        progress=run.interactive,
+    )
 
 
-def _norm_data(value: str) -> str:
-    return value if value.lower() == "cifar10" else str(Path(value).expanduser().resolve())
-
-
-@dataclass
-class PreparedData:
-    """Everything the loop needs from the data side."""
-
-    train_set: ImageDataset
-    eval_set: ImageDataset
-    sampler: ResumableSampler
-    loader: DataLoader
-    test_loader: DataLoader
-    classes: list[str]
-    preset: Preset
-
-
-def prepare_data(config: TrainConfig, ddp: Dist, pin_memory: bool = False) -> PreparedData:
-    """Open ``config.data``, apply subsets, pick the preset, build datasets and loaders."""
-    source = open_data(config.data, strict=config.strict_data)
-    assert source.train is not None
-    train_split, eval_split = source.train, source.eval
-    if config.train_subset:
-        picked = balanced_subset(train_split.labels, config.train_subset, config.seed)
-        train_split = train_split.subset(picked)
-    if config.eval_subset:
-        eval_split = eval_split.subset(
-            balanced_subset(eval_split.labels, config.eval_subset, config.seed)
+def end_epoch(run: RunInfo, state: TrainState, board: Any) -> dict[str, Any]:
+    """Metrics over all ranks, evaluation, metrics.csv, last.pt (and best.pt)."""
+    sums = run.collectives.sum(state.meters.sums).tolist()
+    result = run_eval(run, state)
+    seen = max(sums[2], 1.0)
+    row = {
+        "epoch": state.epoch + 1,
+        "lr": state.optimizer.param_groups[0]["lr"],
+        "train_loss": sums[0] / seen,
+        "train_top1": 100.0 * sums[1] / seen,
+        "eval_loss": result["loss"],
+        "eval_top1": result["top1"],
+        "eval_top5": result["top5"],
+        "train_images_per_s": sums[2] / max(state.meters.train_s, 1e-9),
+        "epoch_s": state.meters.train_s,
+    }
+    state.history.append(row)
+    improved = result["top1"] > state.best["top1"]
+    if improved:
+        state.best = {"top1": result["top1"], "epoch": state.epoch + 1}
+    state.epoch, state.step_in_epoch = state.epoch + 1, 0
+    if run.ddp.main:
+        log.info(
+            "epoch %d/%d  train loss %.4f top-1 %.2f  |  eval loss %.4f top-1 %.2f top-5 %.2f"
+            "  |  %.0f img/s",
+            row["epoch"],
+            run.config.epochs,
+            row["train_loss"],
+            row["train_top1"],
+            row["eval_loss"],
+            row["eval_top1"],
+            row["eval_top5"],
+            row["train_images_per_s"],
         )
-    if len(train_split) == 0 or len(eval_split) == 0:
-        raise GhostnetError(f"{config.data}: the train or eval split is empty")
-    preset = choose_preset(config.preset, train_split.image_size, config.input_size)
-    train_set = ImageDataset(
-        train_split, build_transform(preset, True), config.seed, config.strict_data
-    )
-    eval_set = ImageDataset(eval_split, build_transform(preset, False), config.seed)
-    sampler = ResumableSampler(train_set, ddp.world, ddp.rank, config.seed)
-    # the loader gets its own generator so it never draws from the global RNG (exact resume)
-    loader = DataLoader(
-        train_set,
-        batch_size=config.batch_size,
-        sampler=sampler,
-        num_workers=config.workers,
-        pin_memory=pin_memory,
-        generator=torch.Generator().manual_seed(config.seed),
-    )
-    test_loader = eval_loader(eval_set, config.batch_size, config.workers, ddp)
-    return PreparedData(train_set, eval_set, sampler, loader, test_loader, source.classes, preset)
+        _write_metrics(run.out, state.history)
+        _write_skipped(run, state)
+        if board is not None:
+            for key, value in row.items():
+                if key != "epoch":
+                    board.add_scalar(key, value, row["epoch"])
+    save_checkpoint(run, state, ("last.pt", "best.pt") if improved else ("last.pt",))
+    return result
 
 
-def fit(config: TrainConfig, resume: str | os.PathLike | None = None) -> dict[str, Any]:
-    """Train ``config.model`` on ``config.data``; returns the summary written to summary.json."""
-    wall_start = time.perf_counter()
-    out = Path(config.out)
-    checkpoint: dict[str, Any] | None = None
+def _write_skipped(run: RunInfo, state: TrainState) -> None:
+    skipped = sorted(set(state.skipped_images) | set(run.data.train_set.split.skipped))
+    if skipped:
+        (run.out / "skipped_images.txt").write_text("\n".join(skipped) + "\n")
+
+
+def finish(
+    run: RunInfo, state: TrainState, last_eval: dict[str, Any] | None, status: str
+) -> dict[str, Any]:
+    """summary.json and curves.png (also after an interrupt or a non-finite loss)."""
+    if not run.ddp.main:
+        return {}
+    images_per_s = [h["train_images_per_s"] for h in state.history]
+    last_eval = last_eval or {}
+    summary: dict[str, Any] = {
+        "status": status,
+        "model": run.spec.label(),
+        "model_spec": run.spec.to_dict(),
+        "top1": last_eval.get("top1"),
+        "top5": last_eval.get("top5"),
+        "eval_loss": last_eval.get("loss"),
+        "best_top1": state.best["top1"] if state.best["epoch"] > 0 else None,
+        "best_epoch": state.best["epoch"] if state.best["epoch"] > 0 else None,
+        "params": run.params,
+        "macs": run.macs,
+        "epochs": run.config.epochs,
+        "epochs_done": state.epoch,
+        "train_images": len(run.data.train_set),
+        "eval_images": last_eval.get("count", len(run.data.eval_set)),
+        "preset": run.preset.to_dict(),
+        "teacher": run.config.teacher,
+        "train_images_per_s": float(np.median(images_per_s)) if images_per_s else None,
+        "wall_s": state.elapsed_before + time.perf_counter() - run.wall_start,
+        "world_size": run.ddp.world,
+        "device": str(run.device),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "recipe": run.config.recipe,
+        "config": asdict(run.config),
+        "classes": run.classes,
+    }
+    (run.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    if state.history:
+        try:
+            from .plots import plot_curves
+
+            plot_curves(state.history, run.out / "curves.png", title=run.spec.label())
+        except ImportError:
+            log.info("matplotlib not installed: no curves.png (pip install 'ghostnet[viz]')")
+    return summary
+
+
+# --------------------------------------------------------------------- the run
+
+
+def open_run(
+    config: TrainConfig, resume: str | os.PathLike | None, overwrite: bool
+) -> tuple[RunInfo, TrainState]:
+    """Every check and every build that can fail, before anything is written."""
+    checkpoint, replan = None, False
+    out = Path(config.out).expanduser()
+    check_out_folder(out, resume=resume is not None, overwrite=overwrite)
     if resume is not None:
         checkpoint = read_checkpoint(resume)
-        saved = TrainConfig.from_dict(checkpoint["config"])
-        _check_resume_matches(saved, config, Path(resume))
-        # the run continues exactly as configured; only where and how verbosely may change
-        for key in ("out", "workers", "device", "quiet", "checkpoint_every"):
-            setattr(saved, key, getattr(config, key))
-        config = saved
+        config, replan = resolve_resume(config, checkpoint, Path(resume))
     device_kind = (
         "cuda"
         if config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available())
@@ -516,308 +1049,122 @@ def fit(config: TrainConfig, resume: str | os.PathLike | None = None) -> dict[st
     device = pick_device(config.device, ddp)
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    if ddp.main:
-        out.mkdir(parents=True, exist_ok=True)
-        remove_stale_temp_files(out)
-
+    autocast_for(device, config.amp)  # an impossible --amp fails here, not at step 1
     data = prepare_data(config, ddp, pin_memory=device.type == "cuda")
-    classes, preset, train_set = data.classes, data.preset, data.train_set
-    steps_per_epoch = math.ceil(len(data.sampler) / config.batch_size)
-    if ddp.main and train_set.split.skipped:
-        (out / "skipped_images.txt").write_text("\n".join(train_set.split.skipped) + "\n")
-
-    # ---- model, same initial weights on every rank
-    torch.manual_seed(config.seed)
-    spec = config.spec
-    spec.kwargs.setdefault("num_classes", len(classes))
-    model = spec.build()
-    counts = profile(model, (3, preset.input_size, preset.input_size))
-    model.to(device)
-    if config.channels_last:
-        model.to(memory_format=torch.channels_last)
-    if config.sync_bn and ddp.enabled:
-        if device.type != "cuda":
-            raise GhostnetError("--sync-bn needs CUDA (torch has no CPU SyncBatchNorm)")
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    optimizer = build_optimizer(model, config)
-    scheduler = build_scheduler(optimizer, config, steps_per_epoch)
-    scaler = torch.amp.GradScaler(device.type, enabled=config.amp == "fp16")
-    ema = (
-        AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema), use_buffers=True)
-        if config.ema > 0
-        else None
+    model, spec, counts = build_model(config, data.classes, data.preset)
+    input_size = (3, data.preset.input_size, data.preset.input_size)
+    teacher = (
+        load_teacher(config.teacher, data.classes, input_size, device) if config.teacher else None
     )
-    criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
-    torch.manual_seed(config.seed + ddp.rank)  # training randomness (dropout) per rank
-
-    # ---- state to continue from
-    start_epoch, start_step, global_step = 0, 0, 0
-    meters = {"loss": 0.0, "correct": 0.0, "seen": 0.0, "train_s": 0.0}
-    history: list[dict[str, Any]] = []
-    best = {"top1": -1.0, "epoch": -1}
-    elapsed_before = 0.0
+    if teacher is not None and config.channels_last:
+        teacher.to(memory_format=torch.channels_last)
+    run = RunInfo(
+        config=config,
+        out=out,
+        ddp=ddp,
+        device=device,
+        collectives=Collectives(ddp, device),
+        data=data,
+        spec=spec,
+        params=counts.params,
+        macs=counts.macs,
+        steps_per_epoch=math.ceil(len(data.sampler) / config.batch_size),
+        teacher=teacher,
+        mixer=batch_mixer(config.mixup, config.cutmix, len(data.classes)),
+        loss=TrainLoss(
+            config.label_smoothing,
+            config.kd_alpha if teacher is not None else 0.0,
+            config.kd_temperature,
+        ),
+    )
+    state = build_state(run, model)
+    torch.manual_seed(config.seed + ddp.rank)  # training randomness (dropout, mixup) per rank
     if checkpoint is not None:
-        model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        scheduler.load_state_dict(checkpoint["scheduler"])
-        scaler.load_state_dict(checkpoint["scaler"])
-        if ema is not None:
-            ema.load_state_dict(checkpoint["ema"])
-        start_epoch, start_step = checkpoint["epoch"], checkpoint["step_in_epoch"]
-        global_step = checkpoint["global_step"]
-        meters = dict(checkpoint["meters"])
-        history = list(checkpoint["history"])
-        best = dict(checkpoint["best"])
-        elapsed_before = float(checkpoint.get("elapsed_s", 0.0))
-        states = checkpoint["rng"]
-        if len(states) == ddp.world:
-            set_rng_state(states[ddp.rank])
-        else:
-            log.warning(
-                "resuming on %d processes, saved with %d: RNG streams restart",
-                ddp.world,
-                len(states),
-            )
-        if ddp.main:
-            log.info("resuming %s at epoch %d, step %d", resume, start_epoch + 1, start_step)
+        state.restore(checkpoint, run, replan)  # ... or exactly where the checkpoint was
+    return run, state
 
-    train_model: nn.Module = model
-    if ddp.enabled:
-        train_model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None
-        )
-    eval_model = ema.module if ema is not None else model
 
-    def run_eval(progress: bool = False) -> dict[str, Any]:
-        return evaluate(
-            eval_model,
-            data.test_loader,
-            device,
-            len(classes),
-            amp=config.amp,
-            channels_last=config.channels_last,
-            ddp=ddp,
-            progress=progress,
-        )
+def _announce(run: RunInfo, state: TrainState, resume: Any) -> None:
+    if not run.ddp.main:
+        return
+    c, p = run.config, run.preset
+    log.info(
+        "training %s (%s params, %s MACs) on %d images (%d classes), eval on %d; %s, "
+        "%d process(es), %d epochs x %d steps%s",
+        run.spec.label(),
+        f"{run.params:,}",
+        f"{run.macs:,}",
+        len(run.data.train_set),
+        len(run.classes),
+        len(run.data.eval_set),
+        run.device,
+        run.ddp.world,
+        c.epochs,
+        run.steps_per_epoch,
+        f"; teacher {c.teacher} (alpha {c.kd_alpha}, T {c.kd_temperature})" if c.teacher else "",
+    )
+    log.info(
+        "data preset %s: input %dx%d, mean %s, std %s",
+        p.name,
+        p.input_size,
+        p.input_size,
+        ",".join(f"{m:.3f}" for m in p.mean),
+        ",".join(f"{s:.3f}" for s in p.std),
+    )
+    if resume is not None:
+        log.info("resuming %s at epoch %d, step %d", resume, state.epoch + 1, state.step_in_epoch)
 
-    def make_checkpoint(epoch: int, step_in_epoch: int) -> dict[str, Any] | None:
-        states = [rng_state()]
-        if ddp.enabled:
-            gathered: list[Any] = [None] * ddp.world
-            dist.all_gather_object(gathered, states[0])
-            states = gathered
-        if not ddp.main:
-            return None
-        return {
-            "format": FORMAT,
-            "model_spec": spec.to_dict(),
-            "classes": classes,
-            "preset": preset.to_dict(),
-            "config": asdict(config),
-            "model": model.state_dict(),
-            "ema": ema.state_dict() if ema is not None else None,
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict(),
-            "epoch": epoch,
-            "step_in_epoch": step_in_epoch,
-            "global_step": global_step,
-            "meters": dict(meters),
-            "history": history,
-            "best": best,
-            "rng": states,
-            "world_size": ddp.world,
-            "elapsed_s": elapsed_before + time.perf_counter() - wall_start,
-            "params": counts.params,
-            "macs": counts.macs,
-        }
 
-    def save(name: str, epoch: int, step_in_epoch: int) -> None:
-        state = make_checkpoint(epoch, step_in_epoch)
-        if state is not None:
-            atomic_save(state, out / name)
+def fit(
+    config: TrainConfig, resume: str | os.PathLike | None = None, *, overwrite: bool = False
+) -> dict[str, Any]:
+    """Train ``config.model`` on ``config.data``; returns the summary written to summary.json.
 
-    board = _tensorboard(out) if ddp.main else None
-    interactive = ddp.main and not config.quiet and sys.stderr.isatty()
-    if ddp.main:
-        log.info(
-            "training %s (%s params, %s MACs) on %d images (%d classes), eval on %d; %s, "
-            "%d process(es), %d epochs x %d steps",
-            spec.label(),
-            f"{counts.params:,}",
-            f"{counts.macs:,}",
-            len(train_set),
-            len(classes),
-            len(data.eval_set),
-            device,
-            ddp.world,
-            config.epochs,
-            steps_per_epoch,
-        )
-
-    from tqdm import tqdm
-
-    last_eval: dict[str, Any] = {}
-    with _StopRequested() as stop:
-        for epoch in range(start_epoch, config.epochs):
-            data.sampler.set_epoch(epoch)
-            train_set.set_epoch(epoch)
-            data.sampler.skip = start_step * config.batch_size if epoch == start_epoch else 0
-            first_step = start_step if epoch == start_epoch else 0
-            if first_step == 0:
-                meters = {"loss": 0.0, "correct": 0.0, "seen": 0.0, "train_s": 0.0}
-            train_model.train()
-            bar = tqdm(
-                total=steps_per_epoch,
-                initial=first_step,
-                disable=not interactive,
-                desc=f"epoch {epoch + 1}/{config.epochs}",
-                leave=False,
-            )
-            tick = time.perf_counter()
-            for step, (images, targets) in enumerate(data.loader, start=first_step):
-                images = images.to(device, non_blocking=True)
-                targets = targets.to(device, non_blocking=True)
-                if config.channels_last:
-                    images = images.contiguous(memory_format=torch.channels_last)
-                with autocast_for(device, config.amp):
-                    logits = train_model(images)
-                    loss = criterion(logits, targets)
-                if not torch.isfinite(loss):
-                    save("last.pt", epoch, step)  # keep the state before the blow-up
-                    raise GhostnetError(
-                        f"loss became {loss.item()} at epoch {epoch + 1}, step {step}; lower "
-                        "--lr or use --clip-grad (state before this step kept in last.pt)"
-                    )
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                if config.clip_grad > 0:
-                    scaler.unscale_(optimizer)
-                    nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad)
-                scaler.step(optimizer)
-                scaler.update()
-                scheduler.step()
-                if ema is not None:
-                    ema.update_parameters(model)
-                global_step += 1
-                meters["loss"] += loss.item() * len(targets)
-                meters["correct"] += (logits.argmax(1) == targets).sum().item()
-                meters["seen"] += len(targets)
-                now = time.perf_counter()
-                meters["train_s"] += now - tick
-                tick = now
-                bar.update(1)
-                if interactive and step % 10 == 0:
-                    bar.set_postfix(
-                        loss=f"{meters['loss'] / meters['seen']:.3f}",
-                        acc=f"{100 * meters['correct'] / meters['seen']:.1f}",
-                        img_s=f"{meters['seen'] / max(meters['train_s'], 1e-9):.0f}",
-                    )
-                last_in_epoch = step + 1 >= steps_per_epoch
-                periodic = config.checkpoint_every and global_step % config.checkpoint_every == 0
-                stopping = stop.signal is not None
-                if ddp.enabled:  # every rank must agree, or the checkpoint gather deadlocks
-                    flag = _all_reduce(torch.tensor([float(stopping)]), ddp)
-                    stopping = bool(flag.item() > 0)
-                if (periodic or stopping) and not last_in_epoch:
-                    save("last.pt", epoch, step + 1)
-                if stopping:
-                    bar.close()
-                    if ddp.main:
-                        log.info("stopped by a signal: state saved to %s", out / "last.pt")
-                    raise KeyboardInterrupt
-            bar.close()
-            start_step = 0
-
-            # ---- end of epoch: metrics over all ranks, evaluation, checkpoints
-            sums = _all_reduce(
-                torch.tensor(
-                    [meters["loss"], meters["correct"], meters["seen"]], dtype=torch.float64
-                ),
-                ddp,
-            )
-            train_seconds = meters["train_s"]
-            if ddp.enabled:
-                for buffer in eval_model.buffers():  # BN statistics of rank 0
-                    dist.broadcast(buffer, 0)
-            last_eval = run_eval(progress=interactive)
-            row = {
-                "epoch": epoch + 1,
-                "lr": optimizer.param_groups[0]["lr"],
-                "train_loss": sums[0].item() / max(sums[2].item(), 1),
-                "train_top1": 100.0 * sums[1].item() / max(sums[2].item(), 1),
-                "eval_loss": last_eval["loss"],
-                "eval_top1": last_eval["top1"],
-                "eval_top5": last_eval["top5"],
-                "train_images_per_s": sums[2].item() / max(train_seconds, 1e-9),
-                "epoch_s": train_seconds,
-            }
-            history.append(row)
-            improved = last_eval["top1"] > best["top1"]
-            if improved:
-                best = {"top1": last_eval["top1"], "epoch": epoch + 1}
-            if ddp.main:
-                log.info(
-                    "epoch %d/%d  train loss %.4f top-1 %.2f  |  eval loss %.4f top-1 %.2f "
-                    "top-5 %.2f  |  %.0f img/s",
-                    epoch + 1,
-                    config.epochs,
-                    row["train_loss"],
-                    row["train_top1"],
-                    row["eval_loss"],
-                    row["eval_top1"],
-                    row["eval_top5"],
-                    row["train_images_per_s"],
-                )
-                _write_metrics(out, history)
-                if board is not None:
-                    for key, value in row.items():
-                        if key != "epoch":
-                            board.add_scalar(key, value, epoch + 1)
-            state = make_checkpoint(epoch + 1, 0)
-            if state is not None:
-                atomic_save(state, out / "last.pt")
-                if improved:
-                    atomic_save(state, out / "best.pt")
-
-    if not last_eval:  # resumed a run that had already finished
-        last_eval = run_eval()
-    summary: dict[str, Any] = {}
-    if ddp.main:
-        if board is not None:
-            board.close()
-        images_per_s = [h["train_images_per_s"] for h in history]
-        summary = {
-            "model": spec.label(),
-            "model_spec": spec.to_dict(),
-            "top1": last_eval["top1"],
-            "top5": last_eval["top5"],
-            "eval_loss": last_eval["loss"],
-            "best_top1": best["top1"],
-            "best_epoch": best["epoch"],
-            "params": counts.params,
-            "macs": counts.macs,
-            "epochs": config.epochs,
-            "train_images": len(train_set),
-            "eval_images": last_eval["count"],
-            "train_images_per_s": float(np.median(images_per_s)) if images_per_s else None,
-            "wall_s": elapsed_before + time.perf_counter() - wall_start,
-            "world_size": ddp.world,
-            "device": str(device),
-            "torch": torch.__version__,
-            "threads": torch.get_num_threads(),
-            "recipe": config.recipe,
-            "config": asdict(config),
-            "classes": classes,
-        }
-        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    ``resume``: a ``last.pt`` to continue exactly (changed epochs/LR re-plan the schedule,
+    other changes are refused). ``overwrite``: allow an --out that already holds a run.
+    A signal saves the state and raises ``KeyboardInterrupt``; a non-finite loss saves
+    nothing after the last finite checkpoint and raises ``NonFiniteLoss``. Either way
+    summary.json and curves.png describe the run so far.
+    """
+    run, state = open_run(config, resume, overwrite)  # every check: nothing written yet
+    created = not run.out.exists()
+    if run.ddp.main:
         try:
-            from .plots import plot_curves
-
-            plot_curves(history, out / "curves.png", title=spec.label())
-        except ImportError:
-            log.info("matplotlib not installed: no curves.png (pip install 'ghostnet[viz]')")
-    if ddp.enabled:
-        dist.barrier()
-        dist.destroy_process_group()
+            run.out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise GhostnetError(f"--out {run.out}: cannot create the folder ({exc})") from exc
+        remove_stale_temp_files(run.out)
+    _announce(run, state, resume)
+    train_model = wrap_for_training(run, state.model)
+    board = _tensorboard(run.out) if run.ddp.main else None
+    last_eval: dict[str, Any] | None = None
+    try:
+        with StopRequested() as stop:
+            while state.epoch < run.config.epochs:
+                train_one_epoch(run, state, train_model, stop)
+                last_eval = end_epoch(run, state, board)
+        if last_eval is None:  # resumed a run that had already finished
+            last_eval = run_eval(run, state)
+    except BaseException as exc:
+        status = {Stopped: "stopped by a signal", NonFiniteLoss: "stopped: non-finite loss"}
+        if created and run.ddp.main and not (run.out / "last.pt").exists():
+            shutil.rmtree(run.out, ignore_errors=True)  # a failed start leaves nothing behind
+        elif run.ddp.main:
+            finish(run, state, last_eval, status.get(type(exc), f"failed: {exc}"))
+        _teardown(run, board)
+        if isinstance(exc, Stopped):
+            log.info("stopped by a signal: state saved to %s", run.out / "last.pt")
+            raise KeyboardInterrupt from None
+        raise
+    summary = finish(run, state, last_eval, "finished")
+    _teardown(run, board)
     return summary
+
+
+def _teardown(run: RunInfo, board: Any) -> None:
+    if board is not None:
+        board.close()
+    if run.ddp.enabled and dist.is_initialized():
+        with suppress(Exception):
+            dist.barrier()
+        dist.destroy_process_group()

@@ -11,7 +11,6 @@ import hashlib
 import os
 import pickle
 import urllib.error
-import zipfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -133,16 +132,23 @@ def safe_torch_load(path: str | os.PathLike) -> object:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        if "weights only load failed" not in str(exc).lower():
+            raise _not_a_checkpoint(path, exc) from exc
         raise GhostnetError(
             f"{path}: refused to load: the file holds pickled Python objects other than "
             "tensors and plain data, which could run code. Re-save only the state_dict "
             "(or use safetensors) from a trusted copy"
         ) from exc
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
-        raise GhostnetError(
-            f"{path}: not a readable PyTorch checkpoint ({str(exc).splitlines()[0]}); "
-            "truncated or corrupt? Download or save it again"
-        ) from exc
+    except Exception as exc:  # the unpickler meets random bytes with many error types
+        raise _not_a_checkpoint(path, exc) from exc
+
+
+def _not_a_checkpoint(path: Path, exc: Exception) -> GhostnetError:
+    reason = (str(exc).splitlines() or [type(exc).__name__])[0][:120]
+    return GhostnetError(
+        f"{path}: not a readable PyTorch checkpoint ({reason}); truncated or corrupt, or "
+        "another kind of file? Download or save it again"
+    )
 
 
 def load_state_dict_file(path: str | os.PathLike) -> StateDict:

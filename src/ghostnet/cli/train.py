@@ -1,13 +1,72 @@
-"""``ghostnet train``: train any registered, torchvision/timm or ghostified model."""
+"""``ghostnet train``: train any registered, torchvision/timm or ghostified model.
+
+The flags below are made from ``TrainConfig``'s fields (one source of truth: name, type,
+help text, range, default), and their help shows each recipe's value.
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import typing
 from pathlib import Path
+from typing import Any
 
-from ..engine import RECIPES, config_from, fit
+from ..config import RECIPES, TrainConfig, config_from, default_of, flag_fields
 from ..errors import GhostnetError
 from .common import add_model_args, ghostify_options, parse_kwargs
+
+
+def _parse_int_list(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}"
+        ) from None
+
+
+def _base_type(name: str) -> Any:
+    """The flag type of field ``name``: ``int | None`` -> int, ``list[int]`` -> list."""
+    tp = typing.get_type_hints(TrainConfig)[name]
+    if typing.get_origin(tp) is list:
+        return list
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    return args[0] if args else tp
+
+
+def _recipe_values(name: str) -> str:
+    values = [f"{r}={RECIPES[r][name]}" for r in RECIPES if name in RECIPES[r]]
+    return f"; recipes: {', '.join(values)}" if values else ""
+
+
+def add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per ``TrainConfig`` field, grouped as the config groups them; default
+    ``None`` means "not given" (the recipe's or the built-in value is used)."""
+    groups: dict[str, Any] = {}
+    for f in flag_fields():
+        group_name = f.metadata.get("group", "options")
+        if group_name not in groups:
+            groups[group_name] = parser.add_argument_group(
+                f"{group_name} (default: the --recipe's value, else the built-in one)"
+            )
+        group = groups[group_name]
+        kind = _base_type(f.name)
+        default = default_of(f)
+        shown = ",".join(map(str, default)) if isinstance(default, list) else default
+        help_text = f"{f.metadata['help']} (default: {shown}{_recipe_values(f.name)})"
+        name = "--" + f.name.replace("_", "-")
+        if kind is bool:
+            group.add_argument(
+                name, action=argparse.BooleanOptionalAction, default=None, help=help_text
+            )
+        elif kind is list:
+            group.add_argument(name, type=_parse_int_list, default=None, help=help_text)
+        elif f.metadata.get("choices"):
+            group.add_argument(name, choices=f.metadata["choices"], default=None, help=help_text)
+        else:
+            metavar = {int: "N", float: "X", str: "VALUE"}.get(kind, "VALUE")
+            group.add_argument(name, type=kind, default=None, metavar=metavar, help=help_text)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -15,16 +74,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "train",
         help="train a model on a data set (CPU, GPU, torchrun/DDP)",
         description=__doc__,
-        epilog="Flags override the --recipe's values. Multi-GPU: torchrun "
-        "--nproc_per_node=N -m ghostnet train ...; multi-node: add --nnodes, --node_rank, "
-        "--rdzv_backend=c10d --rdzv_endpoint=HOST:PORT (see README).",
+        epilog="Multi-GPU: torchrun --nproc_per_node=N -m ghostnet train ...; multi-node: add "
+        "--nnodes, --node_rank, --rdzv_backend=c10d --rdzv_endpoint=HOST:PORT (see README).",
     )
     add_model_args(p)
     p.add_argument(
         "--data",
         required=True,
         help="folder with train/ and test/ (or val/), a cifar-10-batches-py "
-        "folder, or 'cifar10' (download)",
+        "folder, or 'cifar10' (download); COCO 2017 layout for --task detection",
     )
     p.add_argument("--out", required=True, help="run folder: checkpoints, metrics, summary")
     p.add_argument("--recipe", choices=sorted(RECIPES), help="named preset of the flags below")
@@ -33,104 +91,68 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         nargs="?",
         const="",
         metavar="CHECKPOINT",
-        help="continue from CHECKPOINT (default: OUT/last.pt), exactly",
+        help="continue from CHECKPOINT (default: OUT/last.pt) exactly; new --epochs/--lr/"
+        "schedule values re-plan the LR schedule from the current step, other changes are "
+        "refused",
     )
-    g = p.add_argument_group("optimisation (default: the recipe's, else built-in)")
-    g.add_argument("--epochs", type=int)
-    g.add_argument("--batch-size", type=int, help="per process")
-    g.add_argument("--lr", type=float)
-    g.add_argument("--opt", choices=["sgd", "adamw"])
-    g.add_argument("--momentum", type=float)
-    g.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=None)
-    g.add_argument("--weight-decay", type=float)
-    g.add_argument("--sched", choices=["cosine", "step"])
-    g.add_argument("--warmup-epochs", type=float)
-    g.add_argument(
-        "--milestones",
-        type=lambda t: [int(x) for x in t.split(",")],
-        help="epochs for --sched step, e.g. 82,123",
-    )
-    g.add_argument("--gamma", type=float, help="step decay factor")
-    g.add_argument("--min-lr", type=float)
-    g.add_argument("--label-smoothing", type=float)
-    g.add_argument("--clip-grad", type=float, help="max gradient norm (0 = off)")
-    g.add_argument("--ema", type=float, help="EMA decay per step, e.g. 0.9999 (0 = off)")
-    r = p.add_argument_group("runtime")
-    r.add_argument("--amp", choices=["none", "bf16", "fp16"])
-    r.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)
-    r.add_argument(
-        "--sync-bn",
+    p.add_argument(
+        "--overwrite",
         action="store_true",
-        default=None,
-        help="torchrun on CUDA: BatchNorm statistics over all processes",
+        help="allow an --out that already holds a run (its files are replaced)",
     )
-    r.add_argument("--seed", type=int)
-    r.add_argument("--workers", type=int, help="data loader processes (default 0)")
-    r.add_argument("--device", choices=["auto", "cpu", "cuda"])
-    r.add_argument("--checkpoint-every", type=int, help="also save last.pt every N steps")
-    r.add_argument("--quiet", action="store_true", default=None, help="no progress bar")
-    d = p.add_argument_group("data")
-    d.add_argument("--preset", choices=["auto", "cifar", "imagenet"])
-    d.add_argument("--input-size", type=int, help="imagenet preset crop (default 224)")
-    d.add_argument("--train-subset", type=int, help="class-balanced subset of N images")
-    d.add_argument("--eval-subset", type=int, help="class-balanced subset of N eval images")
-    d.add_argument(
-        "--strict-data",
-        action="store_true",
-        default=None,
-        help="unreadable images are an error instead of skipped",
-    )
+    add_config_flags(p)
     p.set_defaults(run=run)
 
 
+def explicit_values(args: argparse.Namespace) -> dict[str, Any]:
+    """The config values given on the command line (flags left out are not here)."""
+    values = {f.name: getattr(args, f.name) for f in flag_fields()}
+    values = {k: v for k, v in values.items() if v is not None}
+    values["model"] = args.model
+    values["data"] = args.data
+    values["out"] = args.out
+    kwargs = parse_kwargs(args.model_kwarg)
+    if kwargs:
+        values["model_kwargs"] = kwargs
+    ghostify = ghostify_options(args)
+    if ghostify is not None:
+        values["ghostify"] = ghostify
+    return values
+
+
 def run(args: argparse.Namespace) -> int:
-    config = config_from(
-        args.recipe,
-        model=args.model,
-        data=args.data,
-        out=args.out,
-        model_kwargs=parse_kwargs(args.model_kwarg),
-        ghostify=ghostify_options(args),
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        opt=args.opt,
-        momentum=args.momentum,
-        nesterov=args.nesterov,
-        weight_decay=args.weight_decay,
-        sched=args.sched,
-        warmup_epochs=args.warmup_epochs,
-        milestones=args.milestones,
-        gamma=args.gamma,
-        min_lr=args.min_lr,
-        label_smoothing=args.label_smoothing,
-        clip_grad=args.clip_grad,
-        ema=args.ema,
-        amp=args.amp,
-        channels_last=args.channels_last,
-        sync_bn=args.sync_bn,
-        seed=args.seed,
-        workers=args.workers,
-        device=args.device,
-        checkpoint_every=args.checkpoint_every,
-        quiet=args.quiet,
-        preset=args.preset,
-        input_size=args.input_size,
-        train_subset=args.train_subset,
-        eval_subset=args.eval_subset,
-        strict_data=args.strict_data,
-    )
+    from ..checkpoint import read_checkpoint
+    from ..engine import fit
+
+    explicit = explicit_values(args)
     resume = None
     if args.resume is not None:
         resume = Path(args.resume) if args.resume else Path(args.out) / "last.pt"
         if not resume.is_file():
             raise GhostnetError(f"--resume: no checkpoint at {resume}; start without --resume")
-    summary = fit(config, resume=resume)
+        saved = read_checkpoint(resume)["config"]
+        if args.recipe is not None and args.recipe != saved.get("recipe"):
+            raise GhostnetError(
+                f"cannot resume with --recipe {args.recipe}: the run used "
+                f"{saved.get('recipe')}; drop --recipe when resuming"
+            )
+        known = {f.name for f in dataclasses.fields(TrainConfig)}
+        values = {k: v for k, v in saved.items() if k in known}
+        values.update(explicit)  # the run as saved, with what this command changes
+        config = TrainConfig(**values)
+    else:
+        config = config_from(args.recipe, **explicit)
+    if config.task == "detection":
+        from ..detection.train import fit_detection
+
+        summary = fit_detection(config, resume=resume, overwrite=args.overwrite)
+        return 0 if summary is not None else 1
+    summary = fit(config, resume=resume, overwrite=args.overwrite)
     if summary:
         print(
             f"{summary['model']}: top-1 {summary['top1']:.2f}%  top-5 {summary['top5']:.2f}%  "
             f"({summary['params']:,} params, {summary['macs']:,} MACs, "
-            f"{summary['train_images_per_s']:.0f} train img/s, {summary['wall_s']:.0f} s) "
+            f"{summary['train_images_per_s'] or 0:.0f} train img/s, {summary['wall_s']:.0f} s) "
             f"-> {args.out}"
         )
     return 0

@@ -124,6 +124,14 @@ def _external(name: str, kwargs: dict[str, Any], pretrained: bool) -> nn.Module:
             return timm.create_model(model_name, pretrained=pretrained, **kwargs)
         except (TypeError, ValueError, KeyError) as exc:
             raise _bad_kwargs(name, kwargs, exc) from exc
+        except Exception as exc:  # hub download errors come in many types
+            if not pretrained:
+                raise
+            raise GhostnetError(
+                f"could not fetch timm weights for {model_name} ({type(exc).__name__}); "
+                "offline? build it without pretrained and load a local file with "
+                "--pretrained PATH"
+            ) from exc
     raise GhostnetError(
         f"unknown model source {library!r} in {name!r}: use torchvision:NAME or timm:NAME"
     )
@@ -138,6 +146,8 @@ def create_model(
     checked); or a path to a local weights file (safetensors or a state_dict). With a
     ``num_classes`` other than the checkpoint's, the classifier is left freshly initialised.
     """
+    if pretrained is None:  # "no weights", as torchvision's weights=None
+        pretrained = False
     if ":" in name:
         if pretrained not in (False, True):
             model = _external(name, kwargs, pretrained=False)
