@@ -23,6 +23,7 @@ import shutil
 import signal
 import sys
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import nullcontext, suppress
 from dataclasses import asdict, dataclass, field
@@ -267,8 +268,10 @@ def replan_scheduler(
     for group in optimizer.param_groups:
         group["lr"] = group["initial_lr"] = config.lr
     scheduler = build_scheduler(optimizer, config, steps_per_epoch)
-    for _ in range(done):
-        scheduler.step()
+    with warnings.catch_warnings():  # stepping without optimizer steps is the point here
+        warnings.simplefilter("ignore", UserWarning)
+        for _ in range(done):
+            scheduler.step()
     return scheduler
 
 

@@ -7,14 +7,14 @@ from typing import Any
 
 
 def plot_curves(history: list[dict[str, Any]], path: str | Path, title: str = "") -> Path:
-    """Loss and top-1 per epoch, train vs eval, saved as a PNG."""
+    """Loss and top-1 per epoch (train vs eval) and the learning rate, saved as a PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     epochs = [h["epoch"] for h in history]
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
+    fig, (ax_loss, ax_acc, ax_lr) = plt.subplots(1, 3, figsize=(14, 4), constrained_layout=True)
     ax_loss.plot(epochs, [h["train_loss"] for h in history], marker="o", label="train")
     ax_loss.plot(epochs, [h["eval_loss"] for h in history], marker="o", label="eval")
     ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
@@ -22,6 +22,9 @@ def plot_curves(history: list[dict[str, Any]], path: str | Path, title: str = ""
     ax_acc.plot(epochs, [h["eval_top1"] for h in history], marker="o", label="eval top-1")
     ax_acc.plot(epochs, [h["eval_top5"] for h in history], marker=".", ls="--", label="eval top-5")
     ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
+    ax_lr.plot(epochs, [h["lr"] for h in history], marker="o", color="tab:purple")
+    ax_lr.set(xlabel="epoch", ylabel="learning rate", title="LR at the end of each epoch")
+    ax_lr.grid(alpha=0.3)
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
         ax.legend()

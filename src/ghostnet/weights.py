@@ -132,7 +132,11 @@ def safe_torch_load(path: str | os.PathLike) -> object:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        if "weights only load failed" not in str(exc).lower():
+        with open(path, "rb") as f:
+            head = f.read(4)
+        # a torch.save file is a zip archive (or, in the legacy format, a pickle, which
+        # starts with the protocol opcode 0x80); anything else is not a checkpoint at all
+        if not (head.startswith(b"PK") or head[:1] == b"\x80"):
             raise _not_a_checkpoint(path, exc) from exc
         raise GhostnetError(
             f"{path}: refused to load: the file holds pickled Python objects other than "
