@@ -12,6 +12,7 @@ import copy
 import fnmatch
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from torch import nn
 
@@ -143,13 +144,31 @@ def ghostify(
     exclude: str | Sequence[str] | None = None,
     inplace: bool = False,
     inner_bn: bool = False,
+    init: str = "random",
+    calibration: Any = None,
+    inherited: bool = False,
+    fit_on: str = "converted",
 ) -> nn.Module:
     """Return ``model`` with its eligible convs replaced by ``GhostConv2d``.
 
     ``ratio`` is one s for all layers or a mapping ``{conv name: s}`` (e.g. the suggested
     ratios of ``ghostnet analyze``; unnamed convs are kept). ``include``/``exclude`` are
-    ``fnmatch`` patterns on module names (``"layer1.*"``). The new layers get fresh weights.
+    ``fnmatch`` patterns on module names (``"layer1.*"``). The new layers get fresh weights,
+    or with ``init="inherit"`` the trained conv's: ``m = ceil(n/s)`` of its filters, the
+    other maps as fitted cheap ops of them, on ``calibration`` images (a tensor or a
+    DataLoader; see :mod:`ghostnet.inherit`). ``inherited=True`` builds that layout with
+    fresh weights, for loading an inherited model's state_dict (``ModelSpec`` records it).
     """
+    if init not in ("random", "inherit"):
+        raise GhostnetError(f'ghostify init must be "random" or "inherit", got {init!r}')
+    images = None
+    if init == "inherit":
+        from .inherit import calibration_tensor  # analysis code, only needed here
+
+        images = calibration_tensor(calibration)  # too few images: fail before any work
+        inherited = True
+    elif calibration is not None:
+        raise GhostnetError('calibration images are only used with init="inherit"')
     ratios = ratio.values() if isinstance(ratio, Mapping) else [ratio]
     for r in ratios:
         check_ghost_args(2, r, dw_size)
@@ -166,6 +185,8 @@ def ghostify(
             f"ghostify found nothing to convert in {type(model).__name__} "
             f"({len(plan)} convs, all {'; '.join(reasons)}); check include/exclude/skip_first"
         )
+    # init="inherit" reads the original convs' outputs, so it needs the model unchanged
+    original = model if (not inplace or images is None) else copy.deepcopy(model)
     if not inplace:
         model = copy.deepcopy(model)
     for change in todo:
@@ -175,8 +196,14 @@ def ghostify(
         setattr(
             parent,
             attr,
-            GhostConv2d.from_conv(conv, ratio=change.ratio, dw_size=dw_size, inner_bn=inner_bn),
+            GhostConv2d.from_conv(
+                conv, ratio=change.ratio, dw_size=dw_size, inner_bn=inner_bn, inherited=inherited
+            ),
         )
+    if images is not None:
+        from .inherit import inherit_weights
+
+        inherit_weights(original, model, [c.name for c in todo], images, fit_on=fit_on)
     return model
 
 

@@ -190,3 +190,55 @@ def top_pairs(fits: PairFits, count: int = 8) -> list[tuple[int, int, float]]:
         if len(pairs) == count:
             break
     return pairs
+
+
+def choose_intrinsic(error: torch.Tensor, count: int, refine_passes: int = 2) -> list[int]:
+    """Exactly ``count`` maps that best reproduce the others: the set I minimising
+    ``sum over j not in I of min(1, min over i in I of error[i, j])`` (a k-medoids /
+    facility-location problem), solved greedily, then improved by single swaps.
+
+    ``error``: (C, C) relative fit errors of :func:`fit_pairs` (target j from source i).
+    A map outside I costs its best fit error from a member (1 = unexplained); members cost 0.
+    """
+    channels = error.shape[0]
+    if not 1 <= count <= channels:
+        raise GhostnetError(f"can keep between 1 and {channels} intrinsic maps, asked {count}")
+    cost = error.double().clamp(max=1.0).clone()
+    cost.fill_diagonal_(0.0)  # a member reproduces itself
+    chosen = torch.zeros(channels, dtype=torch.bool)
+    current = torch.ones(channels, dtype=cost.dtype)
+    for _ in range(count):  # greedy: add the map that lowers the total cost most
+        gain = (current.view(1, -1) - torch.minimum(current.view(1, -1), cost)).sum(dim=1)
+        gain[chosen] = -1.0
+        pick = int(gain.argmax())
+        chosen[pick] = True
+        current = torch.minimum(current, cost[pick])
+
+    def total(members: torch.Tensor) -> torch.Tensor:
+        return cost[members].min(dim=0).values.sum()
+
+    # swaps: the greedy order can keep a map that a later pick made redundant; each pass
+    # tries, for every member, the best replacement (O(C^2) per member), costs O(count C^2)
+    if channels * channels * count <= 2e9 / max(refine_passes, 1):
+        for _ in range(refine_passes):
+            improved = False
+            best_total = total(chosen)
+            for member in torch.nonzero(chosen).flatten().tolist():
+                others = chosen.clone()
+                others[member] = False
+                base = (
+                    cost[others].min(dim=0).values
+                    if others.any()
+                    else torch.ones(channels, dtype=cost.dtype)
+                )
+                totals = torch.minimum(base.view(1, -1), cost).sum(dim=1)
+                totals[others] = float("inf")
+                candidate = int(totals.argmin())
+                if totals[candidate] < best_total - 1e-9:
+                    chosen = others
+                    chosen[candidate] = True
+                    best_total = totals[candidate]
+                    improved = True
+            if not improved:
+                break
+    return torch.nonzero(chosen).flatten().tolist()

@@ -112,6 +112,15 @@ class GhostConv2d(nn.Module):
     would change the architecture). ``inner_bn=True`` inserts a BatchNorm on the intrinsic
     maps before the cheap op (still linear at inference, so still foldable); the CIFAR
     experiment in the README compares both.
+
+    ``inherited=True`` is the layout of a layer made from a trained conv
+    (``ghostify(init="inherit")``): the intrinsic maps are any ``m`` of the conv's maps,
+    each ghost is made from any intrinsic map (``ghost_sources``), and ``output_order``
+    permutes ``cat(intrinsic, ghosts)`` back into the conv's channel order, so the layers
+    after it need no change. Both index buffers are persistent (a checkpoint rebuilds the
+    layer from plain data and ``load_state_dict`` fills them), and the cheap op always has
+    a bias: it holds the intercept of each ghost's least-squares fit, which a bias-free
+    conv followed by BN would otherwise lose at inference.
     """
 
     def __init__(
@@ -128,9 +137,15 @@ class GhostConv2d(nn.Module):
         ratio: int = 2,
         dw_size: int = 3,
         inner_bn: bool = False,
+        inherited: bool = False,
     ) -> None:
         super().__init__()
         check_ghost_args(out_channels, ratio, dw_size)
+        if inherited and inner_bn:
+            raise GhostnetError(
+                "inherited Ghost layers reproduce a trained conv, whose maps the cheap op sees "
+                "un-normalised: use inner_bn=False with inherited=True"
+            )
         if groups != 1:
             raise GhostnetError(
                 f"GhostConv2d replaces ordinary convs (groups=1); got groups={groups}. "
@@ -156,16 +171,27 @@ class GhostConv2d(nn.Module):
         self.cheap_operation: nn.Conv2d | None = None
         if ghosts > 0:
             self.cheap_operation = nn.Conv2d(
-                ghosts, ghosts, dw_size, 1, dw_size // 2, groups=ghosts, bias=bias
+                ghosts, ghosts, dw_size, 1, dw_size // 2, groups=ghosts, bias=bias or inherited
             )
-        # Which intrinsic map feeds each ghost; None when it is simply the first `ghosts`.
+        # Which intrinsic map feeds each ghost (the official order by default; with ratio 2
+        # ghost j comes from intrinsic map j, so a slice replaces the gather).
         sources = torch.arange(ghosts) // max(ratio - 1, 1)
-        self._first_maps = ratio == 2
-        self.register_buffer("ghost_sources", sources, persistent=False)
+        self.inherited = inherited
+        self._first_maps = ratio == 2 and not inherited
+        self.register_buffer("ghost_sources", sources, persistent=inherited)
+        # output channel c is channel output_order[c] of cat(intrinsic, ghosts); None keeps
+        # plain layers free of the gather (and their state_dict keys unchanged)
+        order = torch.arange(out_channels) if inherited else None
+        self.register_buffer("output_order", order, persistent=inherited)
 
     @classmethod
     def from_conv(
-        cls, conv: nn.Conv2d, ratio: int = 2, dw_size: int = 3, inner_bn: bool = False
+        cls,
+        conv: nn.Conv2d,
+        ratio: int = 2,
+        dw_size: int = 3,
+        inner_bn: bool = False,
+        inherited: bool = False,
     ) -> GhostConv2d:
         """A GhostConv2d with the hyper-parameters of ``conv`` (fresh weights), on its device."""
         ghost = cls(
@@ -181,8 +207,31 @@ class GhostConv2d(nn.Module):
             ratio=ratio,
             dw_size=dw_size,
             inner_bn=inner_bn,
+            inherited=inherited,
         )
         return ghost.to(device=conv.weight.device, dtype=conv.weight.dtype)
+
+    def set_layout(self, sources: torch.Tensor, order: torch.Tensor) -> None:
+        """Set which intrinsic map feeds each ghost and the output permutation (checked)."""
+        if not self.inherited:
+            raise GhostnetError("set_layout needs a GhostConv2d built with inherited=True")
+        m = self.primary_conv.out_channels
+        sources, order = torch.as_tensor(sources).long(), torch.as_tensor(order).long()
+        if sources.shape != self.ghost_sources.shape or (
+            len(sources) and (sources.min() < 0 or sources.max() >= m)
+        ):
+            raise GhostnetError(
+                f"ghost sources must be {len(self.ghost_sources)} indices in [0, {m}), got "
+                f"{sources.tolist()}"
+            )
+        if not torch.equal(torch.sort(order).values, torch.arange(self.out_channels)):
+            raise GhostnetError(
+                f"output order must be a permutation of 0..{self.out_channels - 1}, got "
+                f"{order.tolist()}"
+            )
+        self.ghost_sources.copy_(sources)
+        assert self.output_order is not None
+        self.output_order.copy_(order)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         intrinsic = self.primary_conv(x)
@@ -194,11 +243,13 @@ class GhostConv2d(nn.Module):
             source = intrinsic[:, : self.cheap_operation.in_channels]
         else:
             source = intrinsic.index_select(1, self.ghost_sources)
-        return torch.cat([intrinsic, self.cheap_operation(source)], dim=1)
+        out = torch.cat([intrinsic, self.cheap_operation(source)], dim=1)
+        return out if self.output_order is None else out.index_select(1, self.output_order)
 
     def extra_repr(self) -> str:
         return (
             f"{self.in_channels}, {self.out_channels}, ratio={self.ratio}, dw_size={self.dw_size}"
+            + (", inherited=True" if self.inherited else "")
         )
 
 
