@@ -101,6 +101,7 @@ def test_hash_verification(tmp_path, monkeypatch):
     verify(data, WeightSource("file://x", "w.pth", sha[:8]))
     # a cached file is verified before use, never trusted blindly
     monkeypatch.setenv("GHOSTNET_CACHE", str(tmp_path))
-    (tmp_path / PRETRAINED["ghostnet_100"].filename).write_bytes(b"tampered")
+    (tmp_path / "weights").mkdir()
+    (tmp_path / "weights" / PRETRAINED["ghostnet_100"].filename).write_bytes(b"tampered")
     with pytest.raises(GhostnetError, match="SHA-256"):
         fetch_pretrained("ghostnet_100")

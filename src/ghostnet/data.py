@@ -279,6 +279,7 @@ def _torchvision_cifar10(root: Path, download: bool) -> DataSource:
 
 
 def data_cache_dir() -> Path:
+    """``$GHOSTNET_CACHE/data``, else ``~/.cache/ghostnet/data`` (weights: ``weights/``)."""
     base = os.environ.get("GHOSTNET_CACHE") or Path.home() / ".cache" / "ghostnet"
     return Path(base) / "data"
 

@@ -52,9 +52,12 @@ PRETRAINED: dict[str, WeightSource] = {
 
 
 def cache_dir() -> Path:
-    """``$GHOSTNET_CACHE``, else ``<torch hub dir>/checkpoints``."""
+    """``$GHOSTNET_CACHE/weights``, else ``<torch hub dir>/checkpoints``.
+
+    ``$GHOSTNET_CACHE`` is the root of every ghostnet cache: weights go in its ``weights/``,
+    downloaded data sets in its ``data/`` (see ``ghostnet.data.data_cache_dir``)."""
     env = os.environ.get("GHOSTNET_CACHE")
-    return Path(env) if env else Path(torch.hub.get_dir()) / "checkpoints"
+    return Path(env) / "weights" if env else Path(torch.hub.get_dir()) / "checkpoints"
 
 
 def _digest(path: Path, algorithm: str) -> str:

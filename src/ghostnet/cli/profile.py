@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..errors import GhostnetError
 from ..profile import compare_module, profile
 from .common import add_ghostify_args, input_size_for, parse_size, print_json, spec_from_args
 
@@ -40,7 +41,9 @@ def run(args: argparse.Namespace) -> int:
     if args.module_compare:
         return _module_compare(args)
     if not args.model:
-        raise SystemExit("ghostnet profile: error: give a MODEL (or --module-compare)")
+        raise GhostnetError(
+            "give a MODEL (e.g. ghostnet_100; see `ghostnet models`) or --module-compare"
+        )
     spec = spec_from_args(args)
     model = spec.build()
     size = input_size_for(args, spec)
