@@ -9,6 +9,7 @@ from .errors import GhostnetError
 from .layers import GhostBottleneck, GhostConv2d, GhostModule, SqueezeExcite, make_divisible
 from .models import GHOSTNET_TABLE, GhostNet, ModelSpec, create_model, list_models
 from .profile import Profile, profile
+from .reparam import reparameterize
 from .weights import load_state_dict_file, load_weights, save_weights
 
 __version__ = "0.1.0"
@@ -32,5 +33,6 @@ __all__ = [
     "load_weights",
     "make_divisible",
     "profile",
+    "reparameterize",
     "save_weights",
 ]

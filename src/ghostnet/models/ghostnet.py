@@ -56,12 +56,35 @@ LAST_CHANNELS = 960  # conv2d 1x1 after the bottlenecks (blocks.9)
 HEAD_CHANNELS = 1280  # conv2d 1x1 with bias, no BN, after global average pooling
 SE_RATIO = 0.25
 
+# builds block ``layer`` (its index in the table, counted from 0) of a GhostNet:
+# (layer, in_chs, mid_chs, out_chs, kernel, stride, se_ratio, ratio, dw_size) -> module.
+# V2 and V3 (ghostnet_v2.py, ghostnet_v3.py) reuse the table and builder with their own block.
+BlockFn = Callable[[int, int, int, int, int, int, float, int, int], nn.Module]
+
+
+def v1_block(
+    layer: int,
+    in_chs: int,
+    mid_chs: int,
+    out_chs: int,
+    kernel: int,
+    stride: int,
+    se_ratio: float,
+    ratio: int,
+    dw_size: int,
+) -> nn.Module:
+    """GhostNet (V1)'s block: the same bottleneck at every position of the table."""
+    return GhostBottleneck(
+        in_chs, mid_chs, out_chs, kernel, stride, se_ratio=se_ratio, ratio=ratio, dw_size=dw_size
+    )
+
 
 class GhostNet(nn.Module):
     """GhostNet for image classification.
 
     ``width`` scales every channel count (rounded with ``make_divisible(., 4)``) except the
     1280-wide head; ``ratio``/``dw_size`` are the Ghost modules' s and d (paper: 2 and 3).
+    ``block`` builds each table row's bottleneck (V1's by default; see ``BlockFn``).
     """
 
     def __init__(
@@ -73,6 +96,7 @@ class GhostNet(nn.Module):
         ratio: int = 2,
         dw_size: int = 3,
         table: tuple[Bneck, ...] = GHOSTNET_TABLE,
+        block: BlockFn = v1_block,
     ) -> None:
         super().__init__()
         self.num_classes = num_classes
@@ -84,22 +108,14 @@ class GhostNet(nn.Module):
 
         stages: list[list[nn.Module]] = []
         prev = stem
-        for row in table:
+        for layer, row in enumerate(table):
             if row.stage == len(stages):
                 stages.append([])
             out = make_divisible(row.out * width, 4)
             mid = make_divisible(row.exp * width, 4)
+            se_ratio = SE_RATIO if row.se else 0.0
             stages[row.stage].append(
-                GhostBottleneck(
-                    prev,
-                    mid,
-                    out,
-                    row.kernel,
-                    row.stride,
-                    se_ratio=SE_RATIO if row.se else 0.0,
-                    ratio=ratio,
-                    dw_size=dw_size,
-                )
+                block(layer, prev, mid, out, row.kernel, row.stride, se_ratio, ratio, dw_size)
             )
             prev = out
         last = make_divisible(LAST_CHANNELS * width, 4)
