@@ -225,3 +225,60 @@ def test_openvino_backend_same_function():
     pytest.importorskip("openvino")
     records = run_benchmark(["resnet20_cifar"], [2], ["openvino"], threads=1, repeats=1, warmup=1)
     assert records[0].backend == "openvino" and records[0].median_ms > 0
+
+
+class _InheritChain(nn.Module):
+    """A MobileNetV2-like block (expand -> BN -> ReLU6 -> depthwise -> BN -> ReLU6 ->
+    project) whose expansion becomes an inherited Ghost layer, then a conv whose output
+    meets a residual add (its output order cannot be folded away)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8))
+        self.expand = nn.Conv2d(8, 24, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(24)
+        self.dw = nn.Conv2d(24, 24, 3, padding=1, groups=24, bias=False)
+        self.bn2 = nn.BatchNorm2d(24)
+        self.project = nn.Conv2d(24, 8, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(8)
+        self.conv = nn.Conv2d(8, 8, 3, padding=1, bias=True)
+        self.bn4 = nn.BatchNorm2d(8)
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.stem(x))
+        y = nn.functional.relu6(self.bn1(self.expand(x)))
+        y = nn.functional.relu6(self.bn2(self.dw(y)))
+        x = x + self.bn3(self.project(y))
+        x = torch.relu(self.bn4(self.conv(x)) + x)
+        return self.fc(x.mean(dim=(2, 3)))
+
+
+def _inherited_chain():
+    torch.manual_seed(0)
+    model = _randomise_bn(_InheritChain(), (3, 16, 16))
+    calibration = torch.randn(16, 3, 16, 16)
+    return ghostnet.ghostify(
+        model, 2, 3, include=["expand", "conv"], init="inherit", calibration=calibration
+    ).eval()
+
+
+def test_fuse_folds_inherited_output_order_where_it_can():
+    model = _inherited_chain()
+    assert not torch.equal(model.expand.output_order, torch.arange(24))
+    fused = fuse(model)
+    x = torch.randn(3, 3, 16, 16)
+    with torch.no_grad():
+        assert (fused(x) - model(x)).abs().max() < 1e-4
+    # through BN, ReLU6 and the depthwise conv into the projection: folded away
+    assert isinstance(fused.expand, FusedGhostConv2d) and fused.expand.output_order is None
+    # into a residual add: kept, so the add still sees the original channel order
+    assert torch.equal(fused.conv.output_order, model.conv.output_order)
+
+
+def test_inherited_output_order_survives_onnx_export(tmp_path):
+    model = _inherited_chain()
+    path, diff = export_onnx(fuse(model), tmp_path / "inherit.onnx", (3, 16, 16), reference=model)
+    assert diff <= 1e-4
+    # one gather of ghost sources per layer, plus the one kept order (the folded one is gone)
+    assert onnx_op_counts(path).get("Gather", 0) == 2 + 1

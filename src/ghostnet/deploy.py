@@ -69,12 +69,21 @@ class FusedGhostConv2d(nn.Module):
         self.cheap_operation = ghost.cheap_operation
         self._first_maps = ghost._first_maps
         self.register_buffer("ghost_sources", ghost.ghost_sources.clone(), persistent=False)
+        # an inherited layer's permutation back to the conv's channel order; _fold_orders
+        # moves it into the layers that follow where it can (then it is None)
+        order = ghost.output_order
+        self.register_buffer(
+            "output_order", None if order is None else order.clone(), persistent=False
+        )
         if bn is not None:
             std = torch.sqrt(bn.running_var + bn.eps)
             weight = bn.weight if bn.affine else torch.ones_like(std)
             bias = bn.bias if bn.affine else torch.zeros_like(std)
             full_scale = (weight / std).detach()
             full_shift = (bias - bn.running_mean * weight / std).detach()
+            if order is not None:  # the BN is in the conv's order: map it onto cat's
+                inverse = torch.argsort(order)
+                full_scale, full_shift = full_scale[inverse], full_shift[inverse]
             scale, shift = full_scale[:m].clone(), full_shift[:m].clone()
             if self.cheap_operation is not None:
                 cheap_bn = nn.BatchNorm2d(self.cheap_operation.out_channels, eps=0.0)
@@ -110,7 +119,8 @@ class FusedGhostConv2d(nn.Module):
         ghosts = self.cheap_operation(source)
         if self.affine is not None:
             intrinsic = self.affine(intrinsic)
-        return torch.cat([intrinsic, ghosts], dim=1)
+        out = torch.cat([intrinsic, ghosts], dim=1)
+        return out if self.output_order is None else out.index_select(1, self.output_order)
 
 
 class _GhostLeafTracer(torch.fx.Tracer):
@@ -160,10 +170,105 @@ def _fuse_graph(model: nn.Module) -> nn.Module:
     for name, module in list(gm.named_modules()):
         if isinstance(module, GhostConv2d):
             _set_submodule(gm, name, FusedGhostConv2d(module, None))
+    _fold_orders(gm)
     gm.graph.lint()
     gm.delete_all_unused_submodules()
     gm.recompile()
     return gm
+
+
+# ops that act on each channel alone (with the same function for all): a permutation of the
+# channels passes through them unchanged
+_CHANNELWISE_MODULES = (
+    nn.ReLU,
+    nn.ReLU6,
+    nn.LeakyReLU,
+    nn.Hardswish,
+    nn.Hardsigmoid,
+    nn.SiLU,
+    nn.GELU,
+    nn.Sigmoid,
+    nn.Tanh,
+    nn.Identity,
+    nn.Dropout,
+)
+_CHANNELWISE_FUNCTIONS = (
+    torch.relu,
+    torch.nn.functional.relu,
+    torch.nn.functional.relu6,
+    torch.nn.functional.hardswish,
+    torch.nn.functional.silu,
+    torch.nn.functional.gelu,
+    torch.sigmoid,
+    torch.tanh,
+)
+_CHANNELWISE_METHODS = ("relu", "relu_", "sigmoid", "tanh")
+
+
+def _fold_orders(gm: torch.fx.GraphModule) -> None:
+    """Move inherited Ghost layers' output permutations into the layers that follow.
+
+    From a ``FusedGhostConv2d`` with an ``output_order``, follow its only consumer through
+    channel-wise ops (activations, depthwise convs and BNs, whose per-channel weights are
+    permuted) to an ordinary conv or Ghost layer, whose input channels are permuted instead;
+    the gather then disappears. Anything else on the way (a residual add, a second
+    consumer, a shared module, pooling into a linear layer) keeps the order in the layer.
+    """
+    calls: dict[str, int] = {}
+    for node in gm.graph.nodes:
+        if node.op == "call_module":
+            calls[node.target] = calls.get(node.target, 0) + 1
+    modules = dict(gm.named_modules())
+    for node in list(gm.graph.nodes):
+        layer = modules.get(node.target) if node.op == "call_module" else None
+        if not isinstance(layer, FusedGhostConv2d) or layer.output_order is None:
+            continue
+        channelwise: list[nn.Module] = []  # depthwise convs / BNs to permute on the way
+        consumer: nn.Conv2d | None = None
+        current = node
+        while consumer is None:
+            if len(current.users) != 1:
+                break
+            user = next(iter(current.users))
+            if user.args[:1] != (current,) or any(
+                isinstance(a, torch.fx.Node) for a in (*user.args[1:], *user.kwargs.values())
+            ):
+                break
+            if user.op == "call_module":
+                module = modules[user.target]
+                if isinstance(module, _CHANNELWISE_MODULES):
+                    current = user  # stateless: may be shared (one ReLU called twice)
+                    continue
+                if calls[user.target] != 1:  # its weights are about to be permuted
+                    break
+                elif isinstance(module, nn.BatchNorm2d) or (
+                    type(module) is nn.Conv2d
+                    and module.groups == module.in_channels == module.out_channels
+                ):
+                    channelwise.append(module)
+                elif type(module) is nn.Conv2d and module.groups == 1:
+                    consumer = module
+                elif isinstance(module, FusedGhostConv2d):
+                    consumer = module.primary_conv
+                else:
+                    break
+            elif not (
+                (user.op == "call_function" and user.target in _CHANNELWISE_FUNCTIONS)
+                or (user.op == "call_method" and user.target in _CHANNELWISE_METHODS)
+            ):
+                break
+            current = user
+        if consumer is None:
+            continue
+        inverse = torch.argsort(layer.output_order)
+        with torch.no_grad():
+            for module in channelwise:
+                for name in ("weight", "bias", "running_mean", "running_var"):
+                    tensor = getattr(module, name, None)
+                    if tensor is not None:
+                        tensor.copy_(tensor[inverse])
+            consumer.weight.copy_(consumer.weight[:, inverse])
+        layer.output_order = None
 
 
 def _fuse_sequential(model: nn.Module) -> int:

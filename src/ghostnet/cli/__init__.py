@@ -19,6 +19,7 @@ COMMANDS = {
     "paper-table": "paper_table",
     "analyze": "analyze",
     "ghostify": "ghostify",
+    "compress": "compress",
     "export": "export",
     "bench": "bench",
     "models": "models",

@@ -1,0 +1,362 @@
+"""Compress a trained CNN into a Ghost model: inherit the trained weights, then distil.
+
+``compress(...)``: the trained model and the data -> calibration images from the training
+split -> ``ghostify`` with inherited weights (:mod:`ghostnet.inherit`; per-layer fit errors)
+-> a training-format checkpoint of the inherited model (``inherited.pt``, usable by
+``ghostnet eval/predict/export``) -> its top-1 before any training -> optionally a few
+epochs of knowledge distillation from the original (``engine.fit`` with ``teacher`` and
+``init_weights``) -> ``summary.json`` with the original, inherited and distilled numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .checkpoint import FORMAT, atomic_save, model_from_checkpoint
+from .config import config_from
+from .convert import ghostify
+from .data import ImageDataset, Preset, balanced_subset, build_transform, choose_preset, open_data
+from .errors import GhostnetError
+from .inherit import MIN_CALIBRATION_IMAGES, inherit_weights
+from .layers import GhostConv2d
+from .models import ModelSpec
+from .profile import profile
+from .weights import safe_torch_load
+
+log = logging.getLogger("ghostnet")
+
+
+@dataclass
+class CompressOptions:
+    """What ``compress`` does; the CLI fills it from its flags."""
+
+    data: str
+    out: str
+    checkpoint: str | None = None  # a training checkpoint, or weights for --model
+    model: str | None = None  # registry / torchvision: / timm: name (with checkpoint weights)
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    ratio: int = 2
+    dw_size: int = 3
+    include: list[str] | None = None
+    exclude: list[str] | None = None
+    skip_first: bool = True
+    calibration_images: int = 256
+    fit_on: str = "converted"
+    epochs: int = 3
+    recipe: str | None = "cifar-fast"
+    lr: float = 0.01
+    batch_size: int | None = None
+    kd_alpha: float | None = None
+    kd_temperature: float | None = None
+    train_subset: int | None = None
+    eval_subset: int | None = None
+    seed: int = 0
+    workers: int = 0
+    device: str = "auto"
+    eval_batch_size: int = 256
+    quiet: bool = False
+
+
+@dataclass
+class Original:
+    model: nn.Module
+    spec: ModelSpec
+    classes: list[str] | None
+    preset: Preset | None
+    teacher: str | None  # a training checkpoint the trainer can load as --teacher
+
+
+def load_original(options: CompressOptions) -> Original:
+    """The trained model: a training checkpoint (it records its model), or ``--model NAME``
+    with a weights file (any state_dict / safetensors / training checkpoint) or, without
+    one, the model's published weights."""
+    if options.model is None:
+        if options.checkpoint is None:
+            raise GhostnetError("give --checkpoint RUN/best.pt, or --model NAME [--checkpoint W]")
+        model, checkpoint = model_from_checkpoint(options.checkpoint)
+        spec = ModelSpec.from_dict(checkpoint["model_spec"])
+        preset = Preset.from_dict(checkpoint["preset"])
+        return Original(model, spec, list(checkpoint["classes"]), preset, options.checkpoint)
+    spec = ModelSpec(options.model, dict(options.model_kwargs))
+    path = options.checkpoint
+    if path is not None and Path(path).is_file() and not path.endswith(".safetensors"):
+        data = safe_torch_load(path)
+        if isinstance(data, dict) and data.get("format") == FORMAT:
+            recorded = ModelSpec.from_dict(data["model_spec"])
+            if recorded.name != spec.name:
+                raise GhostnetError(
+                    f"--checkpoint {path} holds a {recorded.name}, not {spec.name}; drop "
+                    "--model or pass the matching checkpoint"
+                )
+            model, checkpoint = model_from_checkpoint(path)
+            preset = Preset.from_dict(checkpoint["preset"])
+            return Original(model, recorded, list(checkpoint["classes"]), preset, path)
+    if path is not None and not Path(path).is_file():
+        raise GhostnetError(f"--checkpoint: file not found: {path}")
+    model = spec.build(pretrained=path if path is not None else True)
+    return Original(model.eval(), spec, None, None, None)
+
+
+def _check_out(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise GhostnetError(f"--out {out} is an existing file; give a folder path")
+    if (out / "summary.json").exists() or (out / "inherited.pt").exists():
+        raise GhostnetError(f"--out {out} already holds a compress run; choose a new --out")
+
+
+def _dataset(split: Any, preset: Preset, subset: int | None, seed: int) -> ImageDataset:
+    if subset:
+        split = split.subset(balanced_subset(split.labels, subset, seed))
+    return ImageDataset(split, build_transform(preset, train=False), seed)
+
+
+def calibration_images(train_split: Any, preset: Preset, count: int, seed: int) -> torch.Tensor:
+    """``count`` class-balanced *training* images, prepared as for evaluation (no
+    augmentation). Never the test split: that is what the result is measured on."""
+    if count < MIN_CALIBRATION_IMAGES:
+        raise GhostnetError(
+            f"--calibration-images must be >= {MIN_CALIBRATION_IMAGES} to fit the cheap ops, "
+            f"got {count}"
+        )
+    if len(train_split) < count:
+        raise GhostnetError(
+            f"--calibration-images {count}: the training split has only {len(train_split)} "
+            "images; ask for fewer"
+        )
+    dataset = _dataset(train_split, preset, count, seed)
+    images = [dataset[i][0] for i in range(len(dataset))]
+    good = [image for image in images if image is not None]
+    if len(good) < MIN_CALIBRATION_IMAGES:
+        raise GhostnetError(
+            f"only {len(good)} of {count} calibration images could be read; need "
+            f">= {MIN_CALIBRATION_IMAGES}"
+        )
+    return torch.stack(good)
+
+
+def _evaluate(
+    model: nn.Module, dataset: ImageDataset, options: CompressOptions, device: torch.device
+) -> dict[str, Any]:
+    from .engine import eval_loader, evaluate
+
+    loader = eval_loader(dataset, options.eval_batch_size, options.workers)
+    start = time.perf_counter()
+    result = evaluate(model.to(device), loader, device, len(dataset.split.classes))
+    result["wall_s"] = time.perf_counter() - start
+    result.pop("per_class", None)
+    result.pop("per_class_count", None)
+    return result
+
+
+def training_checkpoint(
+    model: nn.Module, spec: ModelSpec, classes: list[str], preset: Preset, extra: dict[str, Any]
+) -> dict[str, Any]:
+    """The keys ``checkpoint.model_from_checkpoint`` and ``--init-weights`` read."""
+    return {
+        "format": FORMAT,
+        "task": "classification",
+        "model_spec": spec.to_dict(),
+        "classes": list(classes),
+        "preset": preset.to_dict(),
+        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "ema": None,
+        **extra,
+    }
+
+
+def compress(options: CompressOptions) -> dict[str, Any]:
+    """Inherit, evaluate, distil, evaluate; writes ``summary.json`` and returns it."""
+    from .engine import fit, pick_device
+
+    wall_start = time.perf_counter()
+    out = Path(options.out)
+    _check_out(out)
+    original = load_original(options)
+    if original.spec.ghostify is not None:
+        raise GhostnetError(
+            f"{original.spec.label()} is already ghostified; compress its plain original"
+        )
+    source = open_data(options.data)
+    assert source.train is not None
+    classes = source.classes
+    if original.classes is not None and original.classes != classes:
+        raise GhostnetError(
+            f"the model was trained on {len(original.classes)} classes "
+            f"({', '.join(original.classes[:4])}...), {options.data} has {len(classes)} "
+            f"({', '.join(classes[:4])}...); use the data it was trained on"
+        )
+    preset = original.preset or choose_preset("auto", source.train.image_size)
+    device = pick_device(options.device)
+    eval_set = _dataset(source.eval, preset, options.eval_subset, options.seed)
+    size = (3, preset.input_size, preset.input_size)
+
+    model = original.model.to(device).eval()
+    with torch.no_grad():
+        probe = model(torch.zeros(1, *size, device=device))
+    if probe.ndim != 2 or probe.shape[1] != len(classes):
+        raise GhostnetError(
+            f"{original.spec.name} outputs {tuple(probe.shape[1:])} logits, the data has "
+            f"{len(classes)} classes; pass --model-kwarg num_classes={len(classes)} with "
+            "weights trained on these classes"
+        )
+
+    # 1. calibrate and inherit
+    start = time.perf_counter()
+    images = calibration_images(source.train, preset, options.calibration_images, options.seed)
+    ghost_options: dict[str, Any] = {
+        "ratio": options.ratio,
+        "dw_size": options.dw_size,
+        "skip_first": options.skip_first,
+        "include": options.include,
+        "exclude": options.exclude,
+        "inherited": True,
+    }
+    torch.manual_seed(options.seed)
+    converted = ghostify(model, **ghost_options)
+    names = [n for n, m in converted.named_modules() if isinstance(m, GhostConv2d)]
+    fits = inherit_weights(model, converted, names, images.to(device), fit_on=options.fit_on)
+    converted.eval()
+    inherit_s = time.perf_counter() - start
+    spec = ModelSpec(original.spec.name, dict(original.spec.kwargs), ghost_options)
+    counts_before, counts_after = profile(model, size), profile(converted, size)
+
+    # 2. training-format checkpoints: the inherited student, and the teacher if it has none
+    out.mkdir(parents=True, exist_ok=True)
+    inherited_path = out / "inherited.pt"
+    atomic_save(
+        training_checkpoint(
+            converted,
+            spec,
+            classes,
+            preset,
+            {"params": counts_after.params, "macs": counts_after.macs},
+        ),
+        inherited_path,
+    )
+    teacher = original.teacher
+    if teacher is None:
+        teacher_path = out / "original.pt"
+        atomic_save(training_checkpoint(model, original.spec, classes, preset, {}), teacher_path)
+        teacher = str(teacher_path)
+    # the rebuilt model (what eval/export/the trainer will load) must be this very model
+    rebuilt, _ = model_from_checkpoint(inherited_path)
+    with torch.no_grad():
+        sample = images[:8].to(device)
+        gap = (rebuilt.to(device)(sample) - converted(sample)).abs().max().item()
+    if gap > 1e-4:
+        raise GhostnetError(f"{inherited_path}: the rebuilt model differs by {gap:.3g} (a bug)")
+
+    # 3. evaluate both before any training
+    before = _evaluate(model, eval_set, options, device)
+    inherited = _evaluate(converted, eval_set, options, device)
+    log.info(
+        "top-1: original %.2f, inherited Ghost model (0 epochs) %.2f",
+        before["top1"],
+        inherited["top1"],
+    )
+
+    # 4. distil from the original
+    distilled: dict[str, Any] | None = None
+    if options.epochs > 0:
+        overrides: dict[str, Any] = dict(
+            model=spec.name,
+            model_kwargs=dict(spec.kwargs),
+            ghostify=ghost_options,
+            data=options.data,
+            out=str(out / "distill"),
+            epochs=options.epochs,
+            lr=options.lr,
+            warmup_epochs=0.0,  # the start is a trained model: no warm-up from scratch
+            ema=0.0,  # a few epochs: an EMA would stay at the inherited start
+            teacher=teacher,
+            init_weights=str(inherited_path),
+            kd_alpha=options.kd_alpha,
+            kd_temperature=options.kd_temperature,
+            batch_size=options.batch_size,
+            train_subset=options.train_subset,
+            eval_subset=options.eval_subset,
+            seed=options.seed,
+            workers=options.workers,
+            device=options.device,
+            preset=preset.name,
+            input_size=preset.input_size,
+            quiet=options.quiet,
+        )
+        config = config_from(options.recipe, **overrides)
+        start = time.perf_counter()
+        run = fit(config)
+        distilled = {
+            "epochs": options.epochs,
+            "top1": run["top1"],
+            "top5": run["top5"],
+            "best_top1": run["best_top1"],
+            "run": str(out / "distill"),
+            "checkpoint": str(out / "distill" / "last.pt"),
+            "train_images": run["train_images"],
+            "eval_images": run["eval_images"],
+            "lr": config.lr,
+            "kd_alpha": config.kd_alpha,
+            "kd_temperature": config.kd_temperature,
+            "batch_size": config.batch_size,
+            "recipe": config.recipe,
+            "wall_s": time.perf_counter() - start,
+        }
+
+    summary: dict[str, Any] = {
+        "original": {
+            "model": original.spec.label(),
+            "model_spec": original.spec.to_dict(),
+            "source": options.checkpoint or "published weights",
+            "top1": before["top1"],
+            "top5": before["top5"],
+            "params": counts_before.params,
+            "macs": counts_before.macs,
+        },
+        "inherited": {
+            "model": spec.label(),
+            "checkpoint": str(inherited_path),
+            "top1": inherited["top1"],
+            "top5": inherited["top5"],
+            "params": counts_after.params,
+            "macs": counts_after.macs,
+        },
+        "distilled": distilled,
+        "ratio": options.ratio,
+        "dw_size": options.dw_size,
+        "converted_layers": len(fits),
+        "calibration_images": len(images),
+        "fit_on": options.fit_on,
+        "eval_images": before["count"],
+        "wall_s": {
+            "inherit": inherit_s,
+            "eval_original": before["wall_s"],
+            "eval_inherited": inherited["wall_s"],
+            "distill": distilled["wall_s"] if distilled else 0.0,
+            "total": time.perf_counter() - wall_start,
+        },
+        "threads": torch.get_num_threads(),
+        "device": str(device),
+        "layers": [
+            {
+                "name": f.name,
+                "channels": f.channels,
+                "intrinsic": len(f.intrinsic),
+                "mean_error": f.mean_error,
+                "median_error": f.median_error,
+                "max_error": max(f.errors, default=0.0),
+                "seconds": f.seconds,
+            }
+            for f in fits
+        ],
+        "layout": {f.name: {"intrinsic": f.intrinsic, "sources": f.sources} for f in fits},
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary

@@ -1,0 +1,128 @@
+"""ghostnet compress: inherit a trained model's weights into a Ghost model, then distil."""
+
+import json
+
+import pytest
+import torch
+
+from ghostnet import GhostConv2d
+from ghostnet.checkpoint import atomic_save, model_from_checkpoint
+from ghostnet.cli import main
+from ghostnet.compress import CompressOptions, compress, training_checkpoint
+from ghostnet.data import choose_preset
+from ghostnet.models import ModelSpec
+from ghostnet.weights import save_weights
+
+from .imagegen import make_image_folder
+
+CLASSES = ["class_0", "class_1", "class_2"]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """Generated 16x16 data (3 classes) and a resnet20_cifar checkpoint in training format."""
+    root = tmp_path_factory.mktemp("compress")
+    data = make_image_folder(root / "data", classes=3, per_class=8, size=16, test_per_class=4)
+    torch.manual_seed(0)
+    spec = ModelSpec("resnet20_cifar", {"num_classes": 3})
+    model = spec.build().eval()
+    preset = choose_preset("cifar", (16, 16))
+    checkpoint = atomic_save(
+        training_checkpoint(model, spec, CLASSES, preset, {}), root / "run" / "best.pt"
+    )
+    return root, data, checkpoint, model
+
+
+def _args(tiny, out, *extra):
+    root, data, checkpoint, _ = tiny
+    return [
+        "compress",
+        "--checkpoint",
+        str(checkpoint),
+        "--data",
+        str(data),
+        "--out",
+        str(root / out),
+        "--calibration-images",
+        "16",
+        *extra,
+    ]
+
+
+def test_compress_cli_zero_epochs(tiny, capsys):
+    root = tiny[0]
+    assert main(_args(tiny, "c0", "--epochs", "0")) == 0
+    printed = capsys.readouterr().out
+    assert "inherited, 0 epochs" in printed and "layer3.2.conv2" in printed
+    summary = json.loads((root / "c0" / "summary.json").read_text())
+    assert summary["distilled"] is None
+    assert summary["converted_layers"] == 18 and summary["calibration_images"] == 16
+    original, inherited = summary["original"], summary["inherited"]
+    assert inherited["params"] < original["params"] and inherited["macs"] < original["macs"]
+    assert all(0 <= layer["mean_error"] <= 1 for layer in summary["layers"])
+    assert [layer["intrinsic"] for layer in summary["layers"]][:2] == [8, 8]  # ceil(16/2)
+    # inherited.pt is a training checkpoint: `ghostnet eval` reads it, same top-1
+    evaluate = ["eval", "--checkpoint", inherited["checkpoint"], "--data", str(tiny[1])]
+    assert main([*evaluate, "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["top1"] == pytest.approx(inherited["top1"])
+    model, _ = model_from_checkpoint(inherited["checkpoint"])
+    assert isinstance(model.layer1[0].conv1, GhostConv2d) and model.layer1[0].conv1.inherited
+
+
+@pytest.mark.slow
+def test_compress_distils_from_the_original(tiny):
+    root = tiny[0]
+    assert main(_args(tiny, "c1", "--epochs", "1", "--batch-size", "8")) == 0
+    summary = json.loads((root / "c1" / "summary.json").read_text())
+    distilled = summary["distilled"]
+    assert distilled["epochs"] == 1 and distilled["top1"] is not None
+    run = json.loads((root / "c1" / "distill" / "summary.json").read_text())
+    assert run["teacher"] == str(tiny[2]) and run["config"]["init_weights"].endswith("inherited.pt")
+    assert run["config"]["ghostify"]["inherited"] is True
+
+
+def test_compress_model_name_with_weights_file(tiny, tmp_path):
+    """--model NAME --checkpoint WEIGHTS: a bare state_dict; the teacher checkpoint is written."""
+    weights = save_weights(tiny[3], tmp_path / "w.safetensors")
+    options = CompressOptions(
+        data=str(tiny[1]),
+        out=str(tmp_path / "c"),
+        checkpoint=str(weights),
+        model="resnet20_cifar",
+        model_kwargs={"num_classes": 3},
+        include=["layer3.*"],
+        calibration_images=16,
+        epochs=0,
+        quiet=True,
+    )
+    summary = compress(options)
+    assert summary["converted_layers"] == 6
+    assert (tmp_path / "c" / "original.pt").is_file()  # the teacher, in training format
+
+
+@pytest.mark.parametrize(
+    "extra, fragment",
+    [
+        (["--calibration-images", "3"], "--calibration-images must be >= 16"),
+        (["--include", "nothing*"], "nothing to convert"),
+        (["--calibration-images", "1000"], "the training split has only 24"),
+    ],
+)
+def test_compress_errors_are_one_line(tiny, capsys, extra, fragment):
+    assert main([*_args(tiny, "bad", "--epochs", "0"), *extra]) == 2
+    err = capsys.readouterr().err
+    assert fragment in err and err.count("\n") == 1
+
+
+def test_compress_refuses_wrong_classes_and_reused_out(tiny, tmp_path, capsys):
+    checkpoint = tiny[2]
+    other = make_image_folder(tmp_path / "other", classes=2, per_class=8, size=16)
+    args = ["compress", "--checkpoint", str(checkpoint), "--data", str(other)]
+    assert main([*args, "--out", str(tmp_path / "x"), "--epochs", "0"]) == 2
+    assert "trained on 3 classes" in capsys.readouterr().err
+    out = tmp_path / "used"
+    out.mkdir()
+    (out / "summary.json").write_text("{}")
+    assert main(_args(tiny, out, "--epochs", "0")) == 2
+    assert "already holds a compress run" in capsys.readouterr().err
