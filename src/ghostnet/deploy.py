@@ -289,7 +289,9 @@ def _fuse_sequential(model: nn.Module) -> int:
 
 def fuse(model: nn.Module) -> nn.Module:
     """An eval-mode copy of ``model`` with BatchNorm folded into the preceding convs."""
-    model = copy.deepcopy(model).eval()
+    from .reparam import reparameterize  # multi-branch blocks (GhostNetV3) fold first
+
+    model = copy.deepcopy(reparameterize(model)).eval()
     try:
         return _fuse_graph(model)
     except Exception as exc:  # torch.fx raises many types for untraceable code
