@@ -12,12 +12,18 @@ state_dicts load with ``strict=True``.
 from __future__ import annotations
 
 import torch
+import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
 from .ghost import check_ghost_args, intrinsic_channels
 from .ghost_v2 import dfc_branch, dfc_downsample, dfc_gate
 from .se import SqueezeExcite
+
+# torch.fx.wrap patches the names in the module that calls it: register the imported DFC
+# helpers here too, or tracing a V3 model would step into their size checks
+torch.fx.wrap("dfc_downsample")
+torch.fx.wrap("dfc_gate")
 
 NUM_BRANCHES = 3  # parallel copies of each conv in training form (paper and timm)
 
