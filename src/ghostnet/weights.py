@@ -8,6 +8,7 @@ construct or call arbitrary Python objects.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import pickle
 import urllib.error
@@ -21,6 +22,7 @@ from torch import nn
 from .errors import GhostnetError
 
 StateDict = dict[str, torch.Tensor]
+log = logging.getLogger("ghostnet")
 
 
 @dataclass(frozen=True)
@@ -109,19 +111,57 @@ def fetch_pretrained(name: str) -> Path:
     return target
 
 
-def _unwrap(obj: object, path: Path) -> StateDict:
-    """Find the state_dict inside a checkpoint (plain, ``state_dict``/``model``/``ema`` keys)."""
+# Where checkpoints keep their weights: timm's and the official GhostNetV2/V3 training
+# scripts save "state_dict" and, with EMA on, "state_dict_ema"; other trainers use these.
+_MODEL_KEYS = ("state_dict", "model", "model_state_dict")
+_EMA_KEYS = ("state_dict_ema", "model_ema", "ema")
+# thop's profiling buffers, left in the official GhostNetV3 files
+_PROFILER_KEYS = ("total_ops", "total_params")
+
+
+def _tensor_mapping(obj: object) -> bool:
+    return isinstance(obj, Mapping) and bool(obj) and all(isinstance(k, str) for k in obj)
+
+
+def _official_names(state: StateDict) -> StateDict:
+    """Official checkpoint layouts -> ours (= timm's): drop ``module.`` prefixes and thop's
+    ``total_ops``/``total_params`` buffers; the official GhostNetV3 names the BN of each
+    re-parameterizable branch ``bn`` where timm and we say ``bn1``."""
+    prefix = "module."
+    if all(k.startswith(prefix) for k in state):
+        state = {k[len(prefix) :]: v for k, v in state.items()}
+    out: StateDict = {}
+    for key, value in state.items():
+        parts = key.split(".")
+        if parts[-1] in _PROFILER_KEYS or key == "n_averaged":  # n_averaged: AveragedModel
+            continue
+        if "_rpr_" in key:
+            parts = ["bn1" if p == "bn" else p for p in parts]
+        out[".".join(parts)] = value
+    return out
+
+
+def _unwrap(obj: object, path: Path, ema: bool | None = None) -> StateDict:
+    """Find the state_dict inside a checkpoint (plain, ``state_dict``/``model``/EMA keys).
+
+    ``ema``: None takes the EMA copy when the file has one (it is the better model in the
+    official V3 files), True requires it, False takes the raw weights."""
     if isinstance(obj, Mapping):
-        for key in ("state_dict", "model", "model_state_dict"):
-            inner = obj.get(key)
-            if isinstance(inner, Mapping) and inner and all(isinstance(k, str) for k in inner):
-                return _unwrap(inner, path)
+        ema_key = next((k for k in _EMA_KEYS if _tensor_mapping(obj.get(k))), None)
+        if ema and ema_key is None:
+            raise GhostnetError(
+                f"{path}: no EMA copy in this file (looked for {', '.join(_EMA_KEYS)}); "
+                "drop --ema / ema=True to load its weights"
+            )
+        if ema_key is not None and ema is not False:
+            log.info("%s: loading the EMA weights (%s); ema=False for the raw ones", path, ema_key)
+            return _unwrap(obj[ema_key], path, ema=False)
+        for key in _MODEL_KEYS:
+            if _tensor_mapping(obj.get(key)):
+                return _unwrap(obj[key], path, ema=False)
         tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
         if tensors:
-            prefix = "module."
-            if all(k.startswith(prefix) for k in tensors):
-                tensors = {k[len(prefix) :]: v for k, v in tensors.items()}
-            return tensors
+            return _official_names(tensors)
     raise GhostnetError(f"{path}: no tensors found; is this a model checkpoint?")
 
 
@@ -158,13 +198,16 @@ def _not_a_checkpoint(path: Path, exc: Exception) -> GhostnetError:
     )
 
 
-def load_state_dict_file(path: str | os.PathLike) -> StateDict:
-    """Read a weights file safely (safetensors, or torch.load with ``weights_only=True``)."""
+def load_state_dict_file(path: str | os.PathLike, ema: bool | None = None) -> StateDict:
+    """Read a weights file safely (safetensors, or torch.load with ``weights_only=True``).
+
+    Checkpoints holding both raw and EMA weights give the EMA copy unless ``ema=False``;
+    official GhostNet/V2/V3 files are renamed to our keys (see ``_official_names``)."""
     path = Path(path)
     if not path.is_file():
         raise GhostnetError(f"weights file not found: {path}")
     if path.suffix != ".safetensors":
-        return _unwrap(safe_torch_load(path), path)
+        return _unwrap(safe_torch_load(path), path, ema=ema)
     if path.stat().st_size == 0:
         raise GhostnetError(f"{path}: file is empty (0 bytes); download or save it again")
     from safetensors import SafetensorError
@@ -184,6 +227,35 @@ def _preview(items: Iterable[str], limit: int = 6) -> str:
     return shown + (f" (+{len(items) - limit} more)" if len(items) > limit else "")
 
 
+def _family_hint(own: set[str], theirs: set[str]) -> str | None:
+    """Name the GhostNet version mismatch (V1/V2/V3, V3 training vs deploy form), if any.
+
+    V3 training form has ``*_rpr_*`` branches; every V3 block has ``ghost2.primary_conv.0``
+    with a bias in deploy form; V2 has DFC ``short_conv`` but plain Ghost modules (BN)."""
+
+    def kind(keys: set[str]) -> str | None:
+        if any("_rpr_" in k for k in keys):
+            return "a GhostNetV3 (training form)"
+        if any(k.endswith("ghost2.primary_conv.0.bias") for k in keys):
+            return "a GhostNetV3 (deploy form)"
+        if any(".ghost1.short_conv." in k for k in keys):
+            return "a GhostNetV2"
+        if any(".ghost1.primary_conv." in k for k in keys):
+            return "a GhostNet (V1)"
+        return None
+
+    mine, file = kind(own), kind(theirs)
+    if mine is None or file is None or mine == file:
+        return None
+    fix = {
+        "a GhostNetV3 (training form)": "load it into ghostnetv3_* (deploy=False)",
+        "a GhostNetV3 (deploy form)": "load it into ghostnetv3_* with deploy=True",
+        "a GhostNetV2": "load it into ghostnetv2_*",
+        "a GhostNet (V1)": "load it into ghostnet_*",
+    }[file]
+    return f"the file holds {file} checkpoint but the model is {mine}; {fix}"
+
+
 def load_into(
     model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str = "checkpoint"
 ) -> None:
@@ -197,6 +269,9 @@ def load_into(
         if k in state_dict and tuple(state_dict[k].shape) != tuple(v.shape)
     ]
     if missing or unexpected or mismatched:
+        hint = _family_hint(set(own), set(state_dict))
+        if hint:
+            raise GhostnetError(f"{source} does not fit {type(model).__name__}: {hint}")
         parts = []
         if missing:
             parts.append(f"missing {len(missing)} keys: {_preview(missing)}")
@@ -211,9 +286,9 @@ def load_into(
     model.load_state_dict(state_dict, strict=True)
 
 
-def load_weights(model: nn.Module, path: str | os.PathLike) -> nn.Module:
+def load_weights(model: nn.Module, path: str | os.PathLike, ema: bool | None = None) -> nn.Module:
     """Load a weights file into ``model`` (strict, with a clear report on mismatch)."""
-    load_into(model, load_state_dict_file(path), source=str(path))
+    load_into(model, load_state_dict_file(path, ema=ema), source=str(path))
     return model
 
 

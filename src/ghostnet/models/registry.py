@@ -138,20 +138,26 @@ def _external(name: str, kwargs: dict[str, Any], pretrained: bool) -> nn.Module:
 
 
 def create_model(
-    name: str, pretrained: bool | str | os.PathLike = False, **kwargs: Any
+    name: str,
+    pretrained: bool | str | os.PathLike = False,
+    ema: bool | None = None,
+    **kwargs: Any,
 ) -> nn.Module:
     """Build a model by name.
 
     ``pretrained``: ``False``; ``True`` for the published weights (downloaded once, hash
     checked); or a path to a local weights file (safetensors or a state_dict). With a
     ``num_classes`` other than the checkpoint's, the classifier is left freshly initialised.
+    ``ema``: for a file holding raw and EMA weights, None/True load the EMA copy, False the
+    raw one (True also insists there is one).
     """
     if pretrained is None:  # "no weights", as torchvision's weights=None
         pretrained = False
     if ":" in name:
         if pretrained not in (False, True):
             model = _external(name, kwargs, pretrained=False)
-            load_into(model, load_state_dict_file(pretrained), source=str(pretrained))
+            state = load_state_dict_file(pretrained, ema=ema)
+            load_into(model, state, source=str(pretrained))
             return model
         return _external(name, kwargs, pretrained=bool(pretrained))
     entry = get_entry(name)
@@ -162,7 +168,7 @@ def create_model(
     if pretrained is False or pretrained is None:
         return model
     path = fetch_pretrained(name) if pretrained is True else pretrained
-    state = load_state_dict_file(path)
+    state = load_state_dict_file(path, ema=ema)
     num_classes = kwargs.get("num_classes", entry.num_classes)
     if num_classes != entry.num_classes:
         head = entry.classifier + "."
@@ -193,8 +199,10 @@ class ModelSpec:
     kwargs: dict[str, Any] = field(default_factory=dict)
     ghostify: dict[str, Any] | None = None  # ratio, dw_size, skip_first, include, exclude...
 
-    def build(self, pretrained: bool | str | os.PathLike = False) -> nn.Module:
-        model = create_model(self.name, pretrained=pretrained, **self.kwargs)
+    def build(
+        self, pretrained: bool | str | os.PathLike = False, ema: bool | None = None
+    ) -> nn.Module:
+        model = create_model(self.name, pretrained=pretrained, ema=ema, **self.kwargs)
         if self.ghostify is not None:
             model = ghostify_model(model, inplace=True, **self.ghostify)
         return model
