@@ -17,7 +17,7 @@ from typing import Any
 from torch import nn
 
 from .errors import GhostnetError
-from .layers import GhostConv2d, check_ghost_args
+from .layers import DFCGhostConv2d, GhostConv2d, check_ghost_args
 from .profile import profile
 
 
@@ -148,6 +148,7 @@ def ghostify(
     calibration: Any = None,
     inherited: bool = False,
     fit_on: str = "converted",
+    attention: str | None = None,
 ) -> nn.Module:
     """Return ``model`` with its eligible convs replaced by ``GhostConv2d``.
 
@@ -158,7 +159,11 @@ def ghostify(
     other maps as fitted cheap ops of them, on ``calibration`` images (a tensor or a
     DataLoader; see :mod:`ghostnet.inherit`). ``inherited=True`` builds that layout with
     fresh weights, for loading an inherited model's state_dict (``ModelSpec`` records it).
+    ``attention="dfc"`` gates every new Ghost layer with GhostNetV2's DFC attention
+    (:class:`~ghostnet.layers.DFCGhostConv2d`, fresh weights).
     """
+    if attention not in (None, "dfc"):
+        raise GhostnetError(f'ghostify attention must be None or "dfc", got {attention!r}')
     if init not in ("random", "inherit"):
         raise GhostnetError(f'ghostify init must be "random" or "inherit", got {init!r}')
     images = None
@@ -204,6 +209,11 @@ def ghostify(
         from .inherit import inherit_weights
 
         inherit_weights(original, model, [c.name for c in todo], images, fit_on=fit_on)
+    if attention == "dfc":  # after inherit, which fits the bare Ghost layers
+        for change in todo:
+            parent_name, _, attr = change.name.rpartition(".")
+            parent = model.get_submodule(parent_name) if parent_name else model
+            setattr(parent, attr, DFCGhostConv2d(getattr(parent, attr)))
     return model
 
 

@@ -60,6 +60,11 @@ def add_ghostify_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--no-skip-first", action="store_true", help="convert the stem conv too")
     g.add_argument("--inner-bn", action="store_true", help="BN between primary and cheap op")
     g.add_argument(
+        "--attention",
+        choices=["dfc"],
+        help="gate each Ghost layer with GhostNetV2's DFC attention",
+    )
+    g.add_argument(
         "--from-report",
         metavar="REPORT_JSON",
         help="per-layer ratios suggested by `ghostnet analyze` (implies --ghostify)",
@@ -88,7 +93,7 @@ def ghostify_options(args: argparse.Namespace) -> dict[str, Any] | None:
         "include": args.include,
         "exclude": args.exclude,
         "inner_bn": args.inner_bn,
-    }
+    } | ({"attention": args.attention} if getattr(args, "attention", None) else {})
 
 
 def spec_from_args(args: argparse.Namespace, **extra_kwargs: Any) -> ModelSpec:

@@ -17,6 +17,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_model_args(p, required=False)
     p.add_argument("--checkpoint", help="a training checkpoint (model, classes, preset)")
     p.add_argument("--pretrained", help="weights file for --model (or 'true': published)")
+    p.add_argument(
+        "--ema",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="a --pretrained file with raw and EMA weights: --ema (the default when it has "
+        "both) loads the EMA copy, --no-ema the raw weights",
+    )
     p.add_argument("--format", default="onnx", choices=["onnx"])
     p.add_argument("--out", required=True, help="output .onnx file")
     group = p.add_mutually_exclusive_group()
@@ -48,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     elif args.model:
         spec = spec_from_args(args)
         pretrained = {"true": True, None: False}.get(args.pretrained, args.pretrained)
-        model = spec.build(pretrained=pretrained)
+        model = spec.build(pretrained=pretrained, ema=args.ema)
         size = input_size_for(args, spec)
         preset = choose_preset("auto", size[1:], size[1]).to_dict()
         metadata = {"preset": preset, "model_spec": spec.to_dict()}
