@@ -195,3 +195,17 @@ def test_choose_intrinsic_finds_the_exact_cover():
     assert choose_intrinsic(error, 5) == [0, 1, 2, 3, 4]
     with pytest.raises(GhostnetError, match="between 1 and 5"):
         choose_intrinsic(error, 0)
+
+
+def test_analysis_of_an_inherited_layer_follows_its_output_order():
+    """`ghostnet analyze` on an inherited model: each ghost map is found exactly where the
+    output order put it, as a near-perfect fit of its designated source."""
+    from ghostnet.analysis import analyze_model
+
+    ghost = ghostify(planted_model(), PLANTED_RATIOS, 3, init="inherit", calibration=calibration())
+    report, _ = analyze_model(ghost, calibration(24, seed=5), ["c1", "c2"])
+    for layer in report["layers"]:
+        ratio = PLANTED_RATIOS[layer["name"]]
+        ghosts = layer["channels"] - math.ceil(layer["channels"] / ratio)
+        assert layer["ghost_layer"]["ghost_maps"] == ghosts
+        assert layer["ghost_layer"]["designated_error_median"] < 1e-3

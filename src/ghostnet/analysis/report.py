@@ -38,8 +38,14 @@ def ghost_layer_errors(
     if layout is None:
         return None
     m, sources = layout
-    designated = torch.tensor([float(fits.error[src, m + j]) for j, src in enumerate(sources)])
-    best_any = fits.error[:, m:].min(dim=0).values
+    # output map of each cat() position: an inherited layer permutes them (output_order)
+    order = getattr(module, "output_order", None)
+    where = torch.arange(fits.error.shape[0]) if order is None else torch.argsort(order.cpu())
+    ghost_maps = where[m : m + len(sources)]
+    designated = torch.tensor(
+        [float(fits.error[where[src], ghost_maps[j]]) for j, src in enumerate(sources)]
+    )
+    best_any = fits.error[:, ghost_maps].min(dim=0).values
     return {
         "intrinsic_maps": m,
         "ghost_maps": len(sources),
