@@ -58,8 +58,9 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     data = safe_torch_load(path)
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise GhostnetError(
-            f"{path}: not a ghostnet training checkpoint (no '{FORMAT}' record); for a bare "
-            "state_dict use --model NAME --pretrained PATH instead"
+            f"{path}: not a ghostnet training checkpoint (no '{FORMAT}' record); a file of bare "
+            "weights needs its architecture: `ghostnet export --model NAME --pretrained PATH`, "
+            "or ghostnet.create_model(NAME, pretrained=PATH) in Python"
         )
     return data
 

@@ -65,6 +65,7 @@ from .data import (
 )
 from .distill import TrainLoss, load_teacher
 from .errors import GhostnetError
+from .files import check_output_folder
 from .models import ModelSpec
 from .profile import profile
 
@@ -424,11 +425,7 @@ def _norm_data(value: str) -> str:
 def check_out_folder(out: Path, *, resume: bool, overwrite: bool) -> None:
     """Refuse an --out that is a file, unwritable, or already holds a run (unless resuming
     or ``overwrite``); nothing is written here."""
-    if out.exists() and not out.is_dir():
-        raise GhostnetError(f"--out {out} is an existing file; give a folder path")
-    existing = out if out.exists() else next((p for p in out.parents if p.exists()), Path("/"))
-    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        raise GhostnetError(f"--out {out}: cannot write in {existing}; choose another folder")
+    check_output_folder(out)
     if out.is_dir() and not resume and not overwrite:
         found = [name for name in RUN_FILES if (out / name).exists()]
         if found:

@@ -180,7 +180,7 @@ def safe_torch_load(path: str | os.PathLike) -> object:
         # a torch.save file is a zip archive (or, in the legacy format, a pickle, which
         # starts with the protocol opcode 0x80); anything else is not a checkpoint at all
         if not (head.startswith(b"PK") or head[:1] == b"\x80"):
-            raise _not_a_checkpoint(path, exc) from exc
+            raise _not_a_checkpoint(path, "neither a zip archive nor a pickle") from exc
         raise GhostnetError(
             f"{path}: refused to load: the file holds pickled Python objects other than "
             "tensors and plain data, which could run code. Re-save only the state_dict "
@@ -190,8 +190,15 @@ def safe_torch_load(path: str | os.PathLike) -> object:
         raise _not_a_checkpoint(path, exc) from exc
 
 
-def _not_a_checkpoint(path: Path, exc: Exception) -> GhostnetError:
-    reason = (str(exc).splitlines() or [type(exc).__name__])[0][:120]
+def _not_a_checkpoint(path: Path, exc: Exception | str) -> GhostnetError:
+    if path.suffix == ".safetensors":
+        return GhostnetError(
+            f"{path}: a .safetensors file holds bare weights, not a training checkpoint; give "
+            "a run's last.pt/best.pt, or rebuild the model with --model NAME --pretrained PATH "
+            "where the command has them"
+        )
+    reason = exc if isinstance(exc, str) else (str(exc).splitlines() or [type(exc).__name__])[0]
+    reason = reason[:120]
     return GhostnetError(
         f"{path}: not a readable PyTorch checkpoint ({reason}); truncated or corrupt, or "
         "another kind of file? Download or save it again"

@@ -16,6 +16,7 @@ from ..checkpoint import checkpoint_preset, model_from_checkpoint
 from ..data import build_transform, choose_preset, read_image, sample_image_files
 from ..errors import GhostnetError
 from ..models import ModelSpec
+from .common import check_out_folder, float_between, int_at_least
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -31,16 +32,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--layers", default="all-convs", help="comma-separated module names, or all-convs (default)"
     )
-    p.add_argument("--num-images", type=int, default=64)
+    p.add_argument("--num-images", type=int_at_least(2), default=64)
     p.add_argument(
         "--threshold",
-        type=float,
+        type=float_between(0.0, 1.0),
         default=0.1,
         help="relative error (1 - R^2) below which a map counts as a ghost",
     )
     p.add_argument("--dw-size", type=int, default=3, help="cheap-op kernel d of the fits")
     p.add_argument(
-        "--max-positions", type=int, default=16384, help="pixels sampled per layer for the fits"
+        "--max-positions",
+        type=int_at_least(16),
+        default=16384,
+        help="pixels sampled per layer for the fits",
     )
     p.add_argument(
         "--compare-untrained",
@@ -49,7 +53,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--figure-layer", help="layer for the map figures (default: most ghosts)")
     p.add_argument("--out", required=True, help="folder for report.json and figures")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int_at_least(0), default=0)
     p.set_defaults(run=run)
 
 
@@ -72,6 +76,7 @@ def _model_and_preset(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
+    check_out_folder(args.out)
     model, spec, preset, _classes = _model_and_preset(args)
     files = sample_image_files(args.images, args.num_images, args.seed)
     decoded = [read_image(f) for f in files]

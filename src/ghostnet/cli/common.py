@@ -8,6 +8,7 @@ import sys
 from typing import Any
 
 from ..errors import GhostnetError
+from ..files import check_output_folder as check_out_folder  # noqa: F401
 from ..models import ModelSpec, default_input_size
 
 
@@ -24,6 +25,38 @@ def parse_size(text: str) -> tuple[int, int, int]:
             f"expected C,H,W like 3,224,224 (or one size), got {text!r}"
         )
     return parts[0], parts[1], parts[2]
+
+
+def int_at_least(low: int):
+    """An argparse type: an int >= ``low`` (the message names the range)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        return value
+
+    parse.__name__ = f"int >= {low}"
+    return parse
+
+
+def float_between(low: float, high: float):
+    """An argparse type: a finite float in [low, high]."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not low <= value <= high:  # also false for nan
+            raise argparse.ArgumentTypeError(f"must be in [{low:g}, {high:g}], got {text}")
+        return value
+
+    parse.__name__ = f"number in [{low:g}, {high:g}]"
+    return parse
 
 
 def parse_kwargs(items: list[str] | None) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from ..checkpoint import checkpoint_preset, model_from_checkpoint
 from ..data import ImageDataset, build_transform, open_data
 from ..engine import eval_loader, evaluate, pick_device
 from ..errors import GhostnetError
-from .common import print_json
+from .common import int_at_least, print_json
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -21,8 +21,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         required=True,
         help="folder with test/ or val/, a cifar-10-batches-py folder, or cifar10",
     )
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--batch-size", type=int_at_least(1), default=256)
+    p.add_argument("--workers", type=int_at_least(0), default=0)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(run=run)

@@ -11,7 +11,7 @@ from ..checkpoint import checkpoint_preset, model_from_checkpoint
 from ..data import Preset, build_transform, load_images_for_prediction
 from ..deploy import OnnxSession
 from ..errors import GhostnetError
-from .common import print_json
+from .common import int_at_least, print_json
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -29,8 +29,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         choices=["torch", "onnxruntime"],
         help="onnxruntime: run an exported FILE.onnx (from `ghostnet export`)",
     )
-    p.add_argument("--topk", type=int, default=5)
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--topk", type=int_at_least(1), default=5)
+    p.add_argument("--batch-size", type=int_at_least(1), default=64)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(run=run)
 

@@ -6,7 +6,14 @@ import argparse
 
 from ..errors import GhostnetError
 from ..profile import compare_module, profile
-from .common import add_ghostify_args, input_size_for, parse_size, print_json, spec_from_args
+from .common import (
+    add_ghostify_args,
+    input_size_for,
+    int_at_least,
+    parse_size,
+    print_json,
+    spec_from_args,
+)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -21,7 +28,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--input-size", type=parse_size, help="C,H,W (default: the model's own)")
     p.add_argument(
         "--depth",
-        type=int,
+        type=int_at_least(0),
         default=2,
         help="group layers by this many name components (0: every layer)",
     )
@@ -31,8 +38,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="ordinary conv vs Ghost module (paper Sec. 3.1) instead of a model",
     )
-    p.add_argument("--channels", type=int, default=256, help="with --module-compare")
-    p.add_argument("--spatial", type=int, default=28, help="with --module-compare: H = W")
+    p.add_argument("--channels", type=int_at_least(1), default=256, help="with --module-compare")
+    p.add_argument(
+        "--spatial", type=int_at_least(1), default=28, help="with --module-compare: H = W"
+    )
     add_ghostify_args(p)
     p.set_defaults(run=run)
 
