@@ -8,7 +8,7 @@ import torch
 from ghostnet import GhostConv2d
 from ghostnet.checkpoint import atomic_save, model_from_checkpoint
 from ghostnet.cli import main
-from ghostnet.compress import CompressOptions, compress, training_checkpoint
+from ghostnet.compress import CompressOptions, compress, reestimate_bn, training_checkpoint
 from ghostnet.data import choose_preset
 from ghostnet.models import ModelSpec
 from ghostnet.weights import save_weights
@@ -56,6 +56,8 @@ def test_compress_cli_zero_epochs(tiny, capsys):
     assert "inherited, 0 epochs" in printed and "layer3.2.conv2" in printed
     summary = json.loads((root / "c0" / "summary.json").read_text())
     assert summary["distilled"] is None
+    assert summary["inherited"]["bn_images"] == 24  # all the training images there are
+    assert summary["inherited"]["top1_bn_reestimated"] is not None
     assert summary["converted_layers"] == 18 and summary["calibration_images"] == 16
     original, inherited = summary["original"], summary["inherited"]
     assert inherited["params"] < original["params"] and inherited["macs"] < original["macs"]
@@ -126,3 +128,14 @@ def test_compress_refuses_wrong_classes_and_reused_out(tiny, tmp_path, capsys):
     (out / "summary.json").write_text("{}")
     assert main(_args(tiny, out, "--epochs", "0")) == 2
     assert "already holds a compress run" in capsys.readouterr().err
+
+
+def test_reestimate_bn_measures_the_statistics_again():
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4, momentum=0.1))
+    model[1].running_mean.fill_(5.0)
+    images = torch.randn(48, 3, 8, 8)  # three equal batches: each batch weighs the same
+    assert reestimate_bn(model, images, batch_size=16) == 1
+    with torch.no_grad():
+        maps = model[0](images)
+    assert torch.allclose(model[1].running_mean, maps.mean(dim=(0, 2, 3)), atol=1e-5)
+    assert model[1].momentum == 0.1 and not model.training

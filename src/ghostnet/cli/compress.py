@@ -52,6 +52,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="training images the cheap ops are fitted on (default 256)",
     )
     p.add_argument(
+        "--bn-images",
+        type=int,
+        default=2048,
+        help="re-estimate BN statistics on N training images after inheriting (0: off)",
+    )
+    p.add_argument(
         "--fit-on",
         choices=FIT_ON,
         default="converted",
@@ -91,6 +97,7 @@ def run(args: argparse.Namespace) -> int:
         exclude=args.exclude,
         skip_first=not args.no_skip_first,
         calibration_images=args.calibration_images,
+        bn_images=args.bn_images,
         fit_on=args.fit_on,
         epochs=args.epochs,
         recipe=args.recipe,
@@ -120,6 +127,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"{'model':<34} {'top-1':>7} {'params':>10} {'MACs':>13}")
     print(f"{'original':<34} {o['top1']:>7.2f} {o['params']:>10,} {o['macs']:>13,}")
     print(f"{'inherited, 0 epochs':<34} {i['top1']:>7.2f} {i['params']:>10,} {i['macs']:>13,}")
+    if i["top1_bn_reestimated"] is not None:
+        label = "  + BN statistics re-estimated"
+        print(f"{label:<34} {i['top1_bn_reestimated']:>7.2f}")
     if d is not None:
         label = f"distilled, {d['epochs']} epochs"
         print(f"{label:<34} {d['top1']:>7.2f} {i['params']:>10,} {i['macs']:>13,}")
