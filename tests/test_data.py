@@ -221,3 +221,35 @@ def test_real_cifar10(cifar10_path):
     assert source.classes[:3] == ["airplane", "automobile", "bird"]
     assert source.train.images.shape == (50000, 3, 32, 32)
     assert torch.bincount(source.eval.labels).tolist() == [1000] * 10
+
+
+def test_one_odd_image_does_not_change_the_preset(tmp_path, caplog):
+    """A 224 px image among 32 px ones: the set stays in memory at 32 px (the majority), the
+    odd file is resized, and one warning counts it."""
+    root = make_image_folder(tmp_path, classes=2, per_class=6, size=32)
+    Image.new("RGB", (224, 224), (200, 10, 10)).save(root / "train" / "class_0" / "0000.png")
+    _image_folder_split.cache_clear()
+    with caplog.at_level(logging.WARNING, logger="ghostnet"):
+        source = open_data(str(root))
+    assert source.train.images is not None and source.train.image_size == (32, 32)
+    assert choose_preset("auto", source.train.image_size).name == "cifar"
+    warnings = [r.getMessage() for r in caplog.records if "not 32x32" in r.getMessage()]
+    assert len(warnings) == 1 and "1 of 12 images" in warnings[0]
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    """A photo stored landscape with EXIF orientation 6 (rotate 90 degrees) reads portrait."""
+    img = Image.new("RGB", (40, 20), (0, 0, 255))
+    img.paste((255, 0, 0), (0, 0, 10, 20))  # red band on the stored image's left
+    exif = img.getexif()
+    exif[0x0112] = 6
+    img.save(tmp_path / "rotated.png", exif=exif)
+    tensor = read_image(tmp_path / "rotated.png")
+    assert tensor.shape == (3, 40, 20)  # portrait, as a viewer shows it
+    assert tensor[0, :10, :].float().mean() > 200  # the red band is now on top
+
+
+def test_decompression_bomb_is_one_clear_error(tmp_path):
+    Image.new("1", (20000, 10000)).save(tmp_path / "bomb.png")  # 2e8 pixels
+    with pytest.raises(BadImageError, match="bomb.png: image too large to decode safely"):
+        read_image(tmp_path / "bomb.png")

@@ -470,3 +470,19 @@ def test_progress_lines_and_augmentation(small_data, tmp_path, caplog):
     assert any(line.startswith("data preset cifar: input 16x16") for line in lines)
     assert summary["preset"]["input_size"] == 16
     assert math.isfinite(read_checkpoint(out / "last.pt")["history"][0]["train_loss"])
+
+
+def test_unreadable_images_are_skipped_and_listed(tmp_path):
+    """Lazily decoded (80 px) and in-memory (16 px) sets alike: a corrupt file and a
+    decompression bomb are skipped, named in skipped_images.txt, and no sample repeats."""
+    from PIL import Image
+
+    for size, name in ((80, "lazy"), (16, "memory")):
+        data = make_image_folder(tmp_path / name, classes=2, per_class=4, size=size)
+        (data / "train" / "class_0" / "0001.png").write_bytes(b"broken")
+        Image.new("1", (20000, 10000)).save(data / "train" / "class_1" / "0002.png")
+        out = tmp_path / f"run-{name}"
+        summary = fit(_small_config(data, out, input_size=16, batch_size=8))
+        listed = (out / "skipped_images.txt").read_text().split()
+        assert sorted(Path(p).name for p in listed) == ["0001.png", "0002.png"], name
+        assert summary["status"] == "finished"

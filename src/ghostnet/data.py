@@ -105,7 +105,7 @@ class Split:
     labels: torch.Tensor  # int64 (N,)
     images: torch.Tensor | None = None  # uint8 (N, 3, H, W) when kept in memory
     files: list[str] | None = None  # paths when decoded lazily
-    skipped: list[str] = field(default_factory=list)  # unreadable files left out
+    skipped: list[str] = field(default_factory=list)  # paths of unreadable files left out
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -243,7 +243,8 @@ def _image_folder_split(root: str, name: str, strict: bool, in_memory: str) -> S
             if tuple(decoded[i].shape[1:]) != (height, width):
                 decoded[i] = v2.functional.resize(decoded[i], [height, width], antialias=True)
     images = torch.stack([decoded[i] for i in good])
-    return Split(name, classes, labels[good], images=images, skipped=bad)
+    unreadable = [str(p) for p, t in zip(paths, decoded) if t is None]
+    return Split(name, classes, labels[good], images=images, skipped=unreadable)
 
 
 def _cifar_python_root(path: Path) -> Path | None:
