@@ -1,8 +1,12 @@
 """Inference latency/throughput harness: same weights across backends, warm-up, interleaved
-repeats, medians, and the machine/library versions with every record.
+repeats, medians, and the machine/library versions (CPU flags included) with every record.
 
 Backends: ``eager`` (the model as built, PyTorch), ``fused`` (BN folded, channels_last,
-PyTorch), ``onnxruntime`` and ``openvino`` (both run the ONNX export of the fused model).
+PyTorch), ``compile`` (the fused model through torch.compile with frozen weights),
+``onnxruntime`` and ``openvino`` (both run the ONNX export of the fused model). Suffixes:
+``-split`` (Ghost concatenations kept apart, ghostnet.split), ``-bf16`` (bfloat16 weights and
+activations: torch backends and OpenVINO, on CPUs with AVX512-BF16/AMX) and ``-int8``
+(ONNX Runtime static INT8 of the export, run by ``onnxruntime`` or ``openvino``).
 """
 
 from __future__ import annotations
@@ -19,14 +23,19 @@ from typing import Any
 import torch
 from torch import nn
 
-from .deploy import OnnxSession, export_onnx, fuse
+from .deploy import OnnxSession, export_onnx, fuse, quantize_onnx
 from .errors import GhostnetError
 from .models import create_model, default_input_size, list_models
 from .split import split_concats
 
-BACKENDS = ("eager", "fused", "onnxruntime", "openvino")
+BACKENDS = ("eager", "fused", "compile", "onnxruntime", "openvino")
 # "-split" variants run the deploy form with Ghost concatenations kept apart (ghostnet.split)
 SPLIT_SUFFIX = "-split"
+PRECISION_SUFFIXES = ("-bf16", "-int8")
+_BF16_BACKENDS = ("eager", "fused", "compile", "openvino")
+_INT8_BACKENDS = ("onnxruntime", "openvino")
+# the CPU features that decide which reduced-precision kernels run
+CPU_FEATURES = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
 
 # Bare peer names resolve to these (timm's when installed, else torchvision's).
 ALIASES = {
@@ -79,6 +88,7 @@ def machine_info() -> dict[str, Any]:
         "machine": platform.machine(),
         "processor": _cpu_name(),
         "logical_cpus": _cpu_count(),
+        "cpu_flags": cpu_flags(),
     }
     for module in ("onnxruntime", "openvino", "timm", "torchvision"):
         try:
@@ -86,6 +96,33 @@ def machine_info() -> dict[str, Any]:
         except (ImportError, AttributeError):
             info[module] = None
     return info
+
+
+def cpu_flags() -> list[str]:
+    """The reduced-precision-relevant flags of this CPU (from /proc/cpuinfo, as lscpu)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                present = set(line.split(":", 1)[1].split())
+                return [f for f in CPU_FEATURES if f in present]
+    except OSError:
+        pass
+    return []
+
+
+def has_bf16() -> bool:
+    """Native bf16 matmul/conv on this CPU (AVX512-BF16 or AMX-BF16)."""
+    flags = cpu_flags()
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def require_bf16() -> None:
+    """One clear line where bf16 would only be emulated (slower than fp32, not faster)."""
+    if not has_bf16():
+        raise GhostnetError(
+            f"bf16 needs a CPU with avx512_bf16 or amx_bf16 (this {_cpu_name()} has "
+            f"{', '.join(cpu_flags()) or 'neither'}); use --precision fp32 here"
+        )
 
 
 def _cpu_name() -> str:
@@ -104,7 +141,9 @@ def _cpu_count() -> int:
     return os.cpu_count() or 1
 
 
-def _openvino_runner(onnx_path: Path, threads: int) -> Callable[[torch.Tensor], Any]:
+def _openvino_runner(
+    onnx_path: Path, threads: int, precision: str = "fp32"
+) -> Callable[[torch.Tensor], Any]:
     try:
         import openvino as ov
     except ImportError as exc:
@@ -116,7 +155,8 @@ def _openvino_runner(onnx_path: Path, threads: int) -> Callable[[torch.Tensor], 
         {
             "INFERENCE_NUM_THREADS": threads,
             "PERFORMANCE_HINT": "LATENCY",
-            "INFERENCE_PRECISION_HINT": "f32",
+            # an INT8 (QDQ) file runs its int8 kernels under either hint
+            "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
         },
     )
     request = compiled.create_infer_request()
@@ -128,6 +168,15 @@ def _openvino_runner(onnx_path: Path, threads: int) -> Callable[[torch.Tensor], 
     return run
 
 
+def compile_for_inference(module: nn.Module) -> nn.Module:
+    """torch.compile (inductor) with frozen weights: constants folded, conv weights
+    pre-packed into oneDNN's blocked layout once instead of at every call."""
+    import torch._inductor.config as inductor_config
+
+    inductor_config.freezing = True
+    return torch.compile(module, dynamic=False)
+
+
 def build_runner(
     model: nn.Module,
     backend: str,
@@ -137,49 +186,94 @@ def build_runner(
     workdir: Path,
 ) -> Callable[[torch.Tensor], Any]:
     """A callable that runs one batch on ``backend`` (models built once, weights shared)."""
-    base, split = _parse_backend(backend)
+    base, split, precision = _parse_backend(backend)
+    if precision == "bf16":
+        require_bf16()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     if base == "eager":
         model = model.eval()
+        eager = model if dtype == torch.float32 else copy_to(model, dtype)
 
         def run_eager(x: torch.Tensor) -> Any:
             with torch.inference_mode():
-                return model(x)
+                return eager(x.to(dtype))
 
         return run_eager
     deploy = fuse(model)
     if split:
         deploy = split_concats(deploy, input_size)
-    if base == "fused":
-        deploy = deploy.to(memory_format=torch.channels_last)
+    if base in ("fused", "compile"):
+        deploy = deploy.to(dtype=dtype, memory_format=torch.channels_last)
+        if base == "compile":
+            deploy = compile_for_inference(deploy)
 
         def run_fused(x: torch.Tensor) -> Any:
             with torch.inference_mode():
-                return deploy(x.contiguous(memory_format=torch.channels_last))
+                return deploy(x.to(dtype).contiguous(memory_format=torch.channels_last))
 
         return run_fused
     path = workdir / f"{id(model)}_b{batch}{'_split' if split else ''}.onnx"
     if not path.exists():
         export_onnx(deploy, path, input_size, batch_size=batch, reference=model)
+    if precision == "int8":
+        int8_path = path.with_suffix(".int8.onnx")
+        if not int8_path.exists():
+            # speed only: random calibration sets the scales, not the kernels that run; for
+            # accuracy, export --int8 with real images and measure with eval
+            generator = torch.Generator().manual_seed(0)
+            batches = [torch.randn(batch, *input_size, generator=generator).numpy()]
+            quantize_onnx(path, int8_path, batches)
+        path = int8_path
     if base == "onnxruntime":
         return OnnxSession(path, threads=threads)
-    return _openvino_runner(path, threads)
+    return _openvino_runner(path, threads, precision)
 
 
-def _parse_backend(backend: str) -> tuple[str, bool]:
-    split = backend.endswith(SPLIT_SUFFIX)
-    base = backend[: -len(SPLIT_SUFFIX)] if split else backend
-    if base not in BACKENDS or (split and base == "eager"):
-        choices = ", ".join([*BACKENDS, *(b + SPLIT_SUFFIX for b in BACKENDS[1:])])
-        raise GhostnetError(f"unknown backend {backend!r}: choose from {choices}")
-    return base, split
+def copy_to(model: nn.Module, dtype: torch.dtype) -> nn.Module:
+    import copy
+
+    return copy.deepcopy(model).to(dtype)
 
 
-def _check_same_outputs(model: nn.Module, x: torch.Tensor, out: Any, label: str) -> None:
-    """Every backend must compute the same function as the eager model (same weights)."""
+def _parse_backend(backend: str) -> tuple[str, bool, str]:
+    """``base[-split][-bf16|-int8]`` -> (base, split, precision)."""
+    rest, precision = backend, "fp32"
+    for suffix in PRECISION_SUFFIXES:
+        if rest.endswith(suffix):
+            rest, precision = rest[: -len(suffix)], suffix[1:]
+    split = rest.endswith(SPLIT_SUFFIX)
+    base = rest[: -len(SPLIT_SUFFIX)] if split else rest
+    ok = base in BACKENDS and not (split and base == "eager")
+    ok = ok and (
+        precision == "fp32"
+        or (precision == "bf16" and base in _BF16_BACKENDS)
+        or (precision == "int8" and base in _INT8_BACKENDS)
+    )
+    if not ok:
+        raise GhostnetError(
+            f"unknown backend {backend!r}: choose from {', '.join(BACKENDS)}, with "
+            f"{SPLIT_SUFFIX} (not eager), -bf16 ({', '.join(_BF16_BACKENDS)}) or -int8 "
+            f"({', '.join(_INT8_BACKENDS)}), e.g. compile-bf16, onnxruntime-int8"
+        )
+    return base, split, precision
+
+
+def _check_same_outputs(
+    model: nn.Module, x: torch.Tensor, out: Any, label: str, precision: str = "fp32"
+) -> None:
+    """Every backend must compute the same function as the eager model (same weights);
+    reduced precision within a looser bound (bf16 keeps 8 bits of mantissa; int8 with
+    random calibration data is checked for shape and finiteness only)."""
     with torch.inference_mode():
         expected = model.eval()(x)
-    diff = (torch.as_tensor(out).float() - expected).abs().max().item()
-    if diff > 1e-3 * max(1.0, expected.abs().max().item()):
+    out = torch.as_tensor(out).float()
+    if out.shape != expected.shape or not torch.isfinite(out).all():
+        raise GhostnetError(f"{label}: output shape {tuple(out.shape)} or values are wrong")
+    if precision == "int8":
+        return
+    diff = (out - expected).abs().max().item()
+    limit = {"fp32": 1e-3, "bf16": 0.25}[precision]
+    if diff > limit * max(1.0, expected.abs().max().item()):
         raise GhostnetError(f"{label}: output differs from eager PyTorch by {diff:.3g}")
 
 
@@ -219,7 +313,8 @@ def run_benchmark(
                     x = torch.randn(batch, *size, generator=torch.Generator().manual_seed(batch))
                     for _ in range(warmup):
                         out = runner(x)
-                    _check_same_outputs(model, x, out, f"{name} / {backend}")
+                    precision = _parse_backend(backend)[2]
+                    _check_same_outputs(model, x, out, f"{name} / {backend}", precision)
                     runners.append((name, backend, runner, x, macs))
             times: dict[tuple[str, str], list[float]] = {(n, b): [] for n, b, *_ in runners}
             for _ in range(repeats):  # interleaved: drift and noise hit every runner alike

@@ -348,8 +348,7 @@ def export_onnx(
         raise GhostnetError(f"--opset must be between {low} and {high} (this onnx), got {opset}")
     if batch_size < 1:
         raise GhostnetError(f"--batch-size must be >= 1, got {batch_size}")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = check_onnx_output(path)
     model = model.eval()
     example = torch.randn(batch_size, *input_size)
     try:
@@ -366,6 +365,10 @@ def export_onnx(
             output_names=["logits"],
             opset_version=opset or (18 if dynamo else 17),
         )
+        if dynamo:
+            # one self-contained file: the exporter's default external-data side file
+            # (<out>.data) is only needed past protobuf's 2 GB limit
+            kwargs["external_data"] = _parameter_bytes(model) >= _PROTOBUF_LIMIT
         if dynamic_batch:
             if dynamo:
                 kwargs["dynamic_shapes"] = ({0: torch.export.Dim("batch", min=1, max=4096)},)
@@ -376,6 +379,7 @@ def export_onnx(
                 _quiet_export(model, example, path, dynamo, kwargs)
             break
         except Exception as exc:  # exporters raise many types; reported below in one line
+            _remove_partial(path)
             errors.append(
                 f"{'torch.export' if dynamo else 'TorchScript'}: "
                 f"{str(exc).strip().splitlines()[0][:200]}"
@@ -390,6 +394,8 @@ def export_onnx(
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, json.dumps(value)
     onnx.save(proto, str(path))
+    if proto.ByteSize() < _PROTOBUF_LIMIT:  # weights now inside the file: no side file
+        Path(f"{path}.data").unlink(missing_ok=True)
     check_batch = 2 if dynamic_batch else batch_size
     try:
         diff = verify_onnx(reference or model, path, input_size, check_batch, tolerance=tolerance)
@@ -397,6 +403,41 @@ def export_onnx(
         path.unlink(missing_ok=True)
         raise
     return path, diff
+
+
+_PROTOBUF_LIMIT = 2**31 - 2**26  # protobuf's 2 GiB message limit, less room for the graph
+
+
+def _parameter_bytes(model: nn.Module) -> int:
+    tensors = itertools.chain(model.parameters(), model.buffers())
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def _remove_partial(path: Path) -> None:
+    """A failed exporter may leave a half-written file and its side file behind."""
+    path.unlink(missing_ok=True)
+    Path(f"{path}.data").unlink(missing_ok=True)
+
+
+def check_onnx_output(path: str | os.PathLike) -> Path:
+    """``path`` as a writable .onnx target, checked before any work (one clear line)."""
+    path = Path(path)
+    if path.is_dir():
+        raise GhostnetError(
+            f"--out {path} is an existing folder; give a file name, e.g. {path / 'model.onnx'}"
+        )
+    parent = path.parent
+    if parent.exists() and not parent.is_dir():
+        raise GhostnetError(f"--out {path}: {parent} is a file, not a folder")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise GhostnetError(
+            f"--out {path}: cannot create folder {parent} ({exc.strerror})"
+        ) from None
+    if not os.access(parent, os.W_OK):
+        raise GhostnetError(f"--out {path}: folder {parent} is not writable")
+    return path
 
 
 def _quiet_export(
@@ -500,3 +541,212 @@ def verify_onnx(
             "the export is not faithful"
         )
     return worst
+
+
+class OnnxClassifier(nn.Module):
+    """An ONNX file as a module for ``engine.evaluate``: batches of any size, padded (then
+    trimmed) or chunked to a fixed-batch export's size."""
+
+    def __init__(self, session: OnnxSession) -> None:
+        super().__init__()
+        self.session = session
+        fixed = session.input_shape[0]
+        self.fixed_batch = fixed if isinstance(fixed, int) else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fixed_batch is None:
+            return self.session(x.float())
+        step, outputs = self.fixed_batch, []
+        for start in range(0, len(x), step):
+            chunk = x[start : start + step].float()
+            count = len(chunk)
+            if count < step:  # repeat the last image to fill the fixed batch
+                chunk = torch.cat([chunk, chunk[-1:].expand(step - count, -1, -1, -1)])
+            outputs.append(self.session(chunk)[:count])
+        return torch.cat(outputs)
+
+
+# ----------------------------------------------------------------------------- int8
+
+# ``--float-layers`` groups: layers kept in float in an INT8 export when they cost accuracy
+FLOAT_LAYER_GROUPS = {
+    "first": "the first conv (it sees the normalised pixels)",
+    "depthwise": "every depthwise/grouped conv (Ghost cheap ops, bottleneck depthwise)",
+    "cheap": "the Ghost modules' cheap operations only",
+    "se": "squeeze-excite blocks",
+    "last": "the classifier (Gemm/MatMul)",
+}
+
+
+def _node_scope(node: Any) -> str:
+    """Module path and class names of an ONNX node (torch.export metadata, else its name)."""
+    meta = {p.key: p.value for p in node.metadata_props}
+    return " ".join(
+        [node.name, meta.get("pkg.torch.onnx.name_scopes", ""), meta.get("namespace", "")]
+    )
+
+
+def float_layer_nodes(proto: Any, groups: Sequence[str]) -> list[str]:
+    """Names of the ONNX nodes that ``groups`` (keys of FLOAT_LAYER_GROUPS) keep in float."""
+    unknown = [g for g in groups if g not in FLOAT_LAYER_GROUPS]
+    if unknown:
+        raise GhostnetError(
+            f"unknown --float-layers {', '.join(unknown)}: choose from "
+            f"{', '.join(FLOAT_LAYER_GROUPS)}"
+        )
+    nodes = list(proto.graph.node)
+    chosen: list[str] = []
+    convs = [n for n in nodes if n.op_type == "Conv"]
+    for node in nodes:
+        scope = _node_scope(node)
+        group_attr = next((a.i for a in node.attribute if a.name == "group"), 1)
+        if (
+            ("first" in groups and convs and node is convs[0])
+            or ("depthwise" in groups and node.op_type == "Conv" and group_attr > 1)
+            or ("cheap" in groups and "cheap_operation" in scope)
+            or ("se" in groups and ("SqueezeExcite" in scope or ".se" in scope))
+            or ("last" in groups and node.op_type in ("Gemm", "MatMul"))
+        ):
+            chosen.append(node.name)
+    return chosen
+
+
+def calibration_batches(
+    folder: str | os.PathLike, preset: Any, count: int, batch_size: int, seed: int = 0
+) -> list[Any]:
+    """``count`` images from ``folder`` (its test/ or val/ split if any, spread over the
+    classes), prepared by the model's eval transform and stacked into numpy batches of
+    ``batch_size`` (the last one filled by repeating images). Unreadable images are skipped;
+    none readable is one clear error."""
+    from .data import BadImageError, build_transform, read_image, sample_image_files
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise GhostnetError(f"--calibration {folder}: not a folder of images")
+    if count < 1:
+        raise GhostnetError(f"--calibration-images must be >= 1, got {count}")
+    files = sample_image_files(folder, count, seed)
+    transform = build_transform(preset, train=False)
+    images, bad = [], []
+    for file in files:
+        try:
+            images.append(transform(read_image(file)))
+        except (BadImageError, OSError):
+            bad.append(file)
+    if not images:
+        raise GhostnetError(
+            f"--calibration {folder}: none of its {len(files)} image files could be read "
+            f"(first: {bad[0]}); give a folder of real images like those the model will see"
+        )
+    if bad:
+        log.warning("calibration: skipped %d unreadable images (first: %s)", len(bad), bad[0])
+    while len(images) % batch_size:
+        images.append(images[len(images) % len(images)])
+    stacked = torch.stack(images)
+    return [b.numpy() for b in stacked.split(batch_size)]
+
+
+def quantize_onnx(
+    fp32_path: str | os.PathLike,
+    out_path: str | os.PathLike,
+    batches: Sequence[Any],
+    *,
+    float_layers: Sequence[str] = (),
+    per_channel: bool = True,
+    method: str = "minmax",
+) -> dict[str, Any]:
+    """Static INT8 quantization of an ONNX file with ONNX Runtime: QDQ format, int8
+    per-channel weights, int8 activations whose ranges are calibrated on ``batches`` (numpy
+    arrays shaped like the model input). Layers in ``float_layers`` groups stay float.
+    Returns a summary (node counts) that is also stored in the file's metadata."""
+    try:
+        import onnx
+        from onnxruntime.quantization import (
+            CalibrationDataReader,
+            CalibrationMethod,
+            QuantFormat,
+            QuantType,
+            quantize_static,
+        )
+    except ImportError as exc:
+        raise GhostnetError("INT8 export needs: pip install 'ghostnet[onnx]'") from exc
+    methods = {
+        "minmax": CalibrationMethod.MinMax,
+        "percentile": CalibrationMethod.Percentile,
+        "entropy": CalibrationMethod.Entropy,
+    }
+    if method not in methods:
+        raise GhostnetError(f"unknown calibration method {method!r}: {', '.join(methods)}")
+    fp32_path, out_path = Path(fp32_path), check_onnx_output(out_path)
+    proto = onnx.load(str(fp32_path))
+    input_name = proto.graph.input[0].name
+    excluded = float_layer_nodes(proto, float_layers)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self._batches = iter(batches)
+
+        def get_next(self) -> dict[str, Any] | None:
+            batch = next(self._batches, None)
+            return None if batch is None else {input_name: batch}
+
+    root_level = logging.getLogger().level
+    # ORT's quantizer logs advice on the root logger at WARNING (pre-processing hints that do
+    # not apply to an already BN-folded export)
+    logging.getLogger().setLevel(logging.ERROR)
+    try:
+        quantize_static(
+            str(fp32_path),
+            str(out_path),
+            Reader(),
+            quant_format=QuantFormat.QDQ,
+            per_channel=per_channel,
+            activation_type=QuantType.QInt8,
+            weight_type=QuantType.QInt8,
+            nodes_to_exclude=excluded,
+            calibrate_method=methods[method],
+            # symmetric int8 activations: the form VNNI/AMX int8 kernels run fastest
+            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
+        )
+    except Exception as exc:  # ORT's quantizer raises many types
+        _remove_partial(out_path)
+        raise GhostnetError(
+            f"ONNX Runtime cannot quantize {fp32_path.name}: {str(exc).strip().splitlines()[0]}"
+            "; keep the failing layers in float with --float-layers or export without --int8"
+        ) from exc
+    finally:
+        logging.getLogger().setLevel(root_level)
+    quantized = onnx.load(str(out_path))
+    ops = [n.op_type for n in quantized.graph.node]
+    dequantized = {
+        o for n in quantized.graph.node if n.op_type == "DequantizeLinear" for o in n.output
+    }
+    int8_layers = [
+        n.name
+        for n in quantized.graph.node
+        if n.op_type in ("Conv", "Gemm", "MatMul") and dequantized.intersection(n.input)
+    ]
+    summary = {
+        "format": "QDQ int8, per-channel weights" if per_channel else "QDQ int8",
+        "calibration_method": method,
+        "calibration_batches": len(batches),
+        "float_layers": list(float_layers),
+        "float_nodes": len(excluded),
+        "int8_layers": len(int8_layers),
+        "quantize_ops": ops.count("QuantizeLinear"),
+    }
+    if not int8_layers:
+        _remove_partial(out_path)
+        raise GhostnetError(
+            f"ONNX Runtime quantized nothing in {fp32_path.name} (no Conv/Gemm/MatMul left to "
+            "quantize"
+            + (f" once {', '.join(float_layers)} stay float" if float_layers else "")
+            + "); export it without --int8"
+        )
+    del quantized.metadata_props[:]
+    for entry in proto.metadata_props:  # ghostnet metadata (classes, preset) carries over
+        quantized.metadata_props.add().CopyFrom(entry)
+    item = quantized.metadata_props.add()
+    item.key, item.value = "int8", json.dumps(summary)
+    onnx.save(quantized, str(out_path))
+    return summary

@@ -1,4 +1,5 @@
-"""``ghostnet eval``: top-1/top-5/loss and per-class accuracy of a checkpoint on a data set."""
+"""``ghostnet eval``: top-1/top-5/loss and per-class accuracy of a checkpoint (or, with
+``--backend onnxruntime``, an exported .onnx file, fp32 or INT8) on a data set."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import argparse
 import torch
 
 from ..checkpoint import checkpoint_preset, model_from_checkpoint
-from ..data import ImageDataset, build_transform, open_data
+from ..data import ImageDataset, Preset, build_transform, open_data
 from ..engine import eval_loader, evaluate, pick_device
 from ..errors import GhostnetError
 from .common import int_at_least, print_json
@@ -15,7 +16,28 @@ from .common import int_at_least, print_json
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="evaluate a checkpoint on a data set", description=__doc__)
-    p.add_argument("--checkpoint", required=True, help="last.pt or best.pt of a training run")
+    p.add_argument(
+        "onnx_file",
+        nargs="?",
+        metavar="MODEL.onnx",
+        help="with --backend onnxruntime: a file from `ghostnet export` (fp32 or --int8)",
+    )
+    p.add_argument("--checkpoint", help="last.pt or best.pt of a training run")
+    p.add_argument(
+        "--backend",
+        default="torch",
+        choices=["torch", "onnxruntime"],
+        help="onnxruntime: evaluate MODEL.onnx on the CPU with ONNX Runtime",
+    )
+    p.add_argument(
+        "--precision",
+        default="fp32",
+        choices=["fp32", "bf16"],
+        help="torch backend: bf16 autocast (CPUs with AVX512-BF16/AMX, or a GPU)",
+    )
+    p.add_argument(
+        "--threads", type=int_at_least(1), help="CPU threads (default: torch's/ORT's own)"
+    )
     p.add_argument(
         "--data",
         required=True,
@@ -28,27 +50,75 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run)
 
 
-def run(args: argparse.Namespace) -> int:
+def _load(args: argparse.Namespace) -> tuple[torch.nn.Module, dict, Preset, str]:
+    """(model, {classes, model_spec}, preset, label) for the chosen backend."""
+    if args.backend == "onnxruntime":
+        from ..deploy import OnnxClassifier, OnnxSession
+
+        if not args.onnx_file or args.checkpoint:
+            raise GhostnetError(
+                "--backend onnxruntime evaluates a file: ghostnet eval --backend onnxruntime "
+                "MODEL.onnx --data DIR (no --checkpoint)"
+            )
+        if args.precision != "fp32":
+            raise GhostnetError(
+                "--precision applies to --backend torch; an ONNX file runs in the precision "
+                "it was exported in (export --int8 for INT8)"
+            )
+        session = OnnxSession(args.onnx_file, threads=args.threads)
+        meta = session.metadata
+        if "preset" not in meta or "classes" not in meta:
+            raise GhostnetError(
+                f"{args.onnx_file} has no ghostnet classes/preset metadata; export it from a "
+                "training checkpoint: ghostnet export --checkpoint best.pt"
+            )
+        kind = "int8" if "int8" in meta else "fp32"
+        info = {"classes": meta["classes"], "model_spec": meta.get("model_spec", {})}
+        label = f"{args.onnx_file} (ONNX Runtime, {kind})"
+        return OnnxClassifier(session), info, Preset.from_dict(meta["preset"]), label
+    if args.onnx_file:
+        raise GhostnetError(
+            f"{args.onnx_file}: an ONNX file needs --backend onnxruntime; a checkpoint goes "
+            "after --checkpoint"
+        )
+    if not args.checkpoint:
+        raise GhostnetError("give --checkpoint FILE (or --backend onnxruntime MODEL.onnx)")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     model, checkpoint = model_from_checkpoint(args.checkpoint)
+    label = f"{checkpoint['model_spec']['name']}"
+    return model, checkpoint, checkpoint_preset(checkpoint), label
+
+
+def run(args: argparse.Namespace) -> int:
+    model, checkpoint, preset, label = _load(args)
     source = open_data(args.data, need_train=False)
     if source.classes != checkpoint["classes"]:
         raise GhostnetError(
             f"{args.data} has classes {source.classes[:5]}... ({len(source.classes)}), the "
-            f"checkpoint was trained on {checkpoint['classes'][:5]}... "
+            f"model was trained on {checkpoint['classes'][:5]}... "
             f"({len(checkpoint['classes'])}); evaluate on data with the same class folders"
         )
-    device = pick_device(args.device)
-    preset = checkpoint_preset(checkpoint)
+    device = pick_device(args.device) if args.backend == "torch" else torch.device("cpu")
+    amp = "none"
+    if args.precision == "bf16":
+        from ..bench import require_bf16
+
+        if device.type == "cpu":
+            require_bf16()
+        amp = "bf16"
     dataset = ImageDataset(source.eval, build_transform(preset, train=False))
     loader = eval_loader(dataset, args.batch_size, args.workers)
     with torch.inference_mode():
-        result = evaluate(model.to(device), loader, device, len(source.classes))
+        result = evaluate(model.to(device), loader, device, len(source.classes), amp=amp)
     if args.json:
         result["classes"] = source.classes
-        result["checkpoint"] = str(args.checkpoint)
+        result["checkpoint"] = str(args.checkpoint or args.onnx_file)
+        result["backend"] = args.backend
+        result["precision"] = args.precision
         print_json(result)
         return 0
-    print(f"{checkpoint['model_spec']['name']} on {source.description}: {result['count']} images")
+    print(f"{label} on {source.description}: {result['count']} images")
     print(f"top-1 {result['top1']:.2f}%   top-5 {result['top5']:.2f}%   loss {result['loss']:.4f}")
     print(f"{'class':<20} {'images':>7} {'top-1':>7}")
     for name, acc, count in zip(source.classes, result["per_class"], result["per_class_count"]):
