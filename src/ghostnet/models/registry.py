@@ -150,7 +150,16 @@ def create_model(
     ``num_classes`` other than the checkpoint's, the classifier is left freshly initialised.
     ``ema``: for a file holding raw and EMA weights, None/True load the EMA copy, False the
     raw one (True also insists there is one).
+    ``features_only=True`` (with ``out_indices``, ``output_stride`` 32/16/8, ``ghostify``)
+    returns the feature-map backbone instead (see ``ghostnet.models.features``).
     """
+    if kwargs.pop("features_only", False):
+        from .features import create_features
+
+        return create_features(name, pretrained=pretrained, ema=ema, **kwargs)
+    for key in ("out_indices", "output_stride"):
+        if key in kwargs:
+            raise GhostnetError(f"{key}= needs features_only=True")
     if pretrained is None:  # "no weights", as torchvision's weights=None
         pretrained = False
     if ":" in name:
