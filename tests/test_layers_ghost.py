@@ -136,6 +136,20 @@ def test_ghost_conv2d_exact_ghost_count_and_sources():
         assert torch.equal(g(x), expected)
 
 
+def test_ghost_conv2d_defaults_are_conv2d_defaults():
+    """Same constructor defaults as nn.Conv2d (bias included), so it drops in unchanged."""
+    import inspect
+
+    conv, ghost = inspect.signature(nn.Conv2d), inspect.signature(GhostConv2d)
+    for name, param in conv.parameters.items():
+        if name in ("device", "dtype"):
+            continue
+        assert ghost.parameters[name].default == param.default, name
+    g = GhostConv2d(4, 8, 3)
+    assert g.primary_conv.bias is not None and g.cheap_operation.bias is not None
+    assert GhostConv2d(4, 8, 3, bias=False).primary_conv.bias is None
+
+
 def test_ghost_conv2d_rejects_groups():
     with pytest.raises(GhostnetError, match="groups"):
         GhostConv2d(4, 4, 3, groups=4)

@@ -132,7 +132,7 @@ class GhostConv2d(nn.Module):
         padding: _size_2_t | str = 0,
         dilation: _size_2_t = 1,
         groups: int = 1,
-        bias: bool = False,
+        bias: bool = True,  # as nn.Conv2d: a true drop-in (ghostify copies the conv's choice)
         padding_mode: str = "zeros",
         ratio: int = 2,
         dw_size: int = 3,
