@@ -91,6 +91,12 @@ def _load(args: argparse.Namespace) -> tuple[torch.nn.Module, dict, Preset, str]
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..detection.train import is_detection_checkpoint
+
+    if is_detection_checkpoint(getattr(args, "checkpoint", None)):  # mAP on val2017
+        from ..detection.tools import run_eval
+
+        return run_eval(args)
     model, checkpoint, preset, label = _load(args)
     source = open_data(args.data, need_train=False)
     if source.classes != checkpoint["classes"]:

@@ -57,6 +57,12 @@ def _load(args: argparse.Namespace) -> tuple[Callable, list[str], Preset, list[s
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..detection.train import is_detection_checkpoint
+
+    if is_detection_checkpoint(getattr(args, "checkpoint", None)):  # boxes drawn to PNGs
+        from ..detection.tools import run_predict
+
+        return run_predict(args)
     if args.topk < 1:
         raise GhostnetError(f"--topk must be >= 1, got {args.topk}")
     model, classes, preset, inputs = _load(args)
