@@ -109,12 +109,15 @@ def test_compress_model_name_with_weights_file(tiny, tmp_path):
         (["--calibration-images", "3"], "--calibration-images must be >= 16"),
         (["--include", "nothing*"], "nothing to convert"),
         (["--calibration-images", "1000"], "the training split has only 24"),
+        (["--epochs", "1", "--lr", "0"], "--lr must be > 0"),  # checked before any work
+        (["--bn-images", "5"], "--bn-images must be 0 (off) or >= 16"),
     ],
 )
 def test_compress_errors_are_one_line(tiny, capsys, extra, fragment):
     assert main([*_args(tiny, "bad", "--epochs", "0"), *extra]) == 2
     err = capsys.readouterr().err
     assert fragment in err and err.count("\n") == 1
+    assert not (tiny[0] / "bad" / "inherited.pt").exists()
 
 
 def test_compress_refuses_wrong_classes_and_reused_out(tiny, tmp_path, capsys):

@@ -236,9 +236,6 @@ def compress(options: CompressOptions) -> dict[str, Any]:
             "weights trained on these classes"
         )
 
-    # 1. calibrate and inherit
-    start = time.perf_counter()
-    images = calibration_images(source.train, preset, options.calibration_images, options.seed)
     ghost_options: dict[str, Any] = {
         "ratio": options.ratio,
         "dw_size": options.dw_size,
@@ -247,64 +244,11 @@ def compress(options: CompressOptions) -> dict[str, Any]:
         "exclude": options.exclude,
         "inherited": True,
     }
-    torch.manual_seed(options.seed)
-    converted = ghostify(model, **ghost_options)
-    names = [n for n, m in converted.named_modules() if isinstance(m, GhostConv2d)]
-    fits = inherit_weights(model, converted, names, images.to(device), fit_on=options.fit_on)
-    converted.eval()
-    inherit_s = time.perf_counter() - start
     spec = ModelSpec(original.spec.name, dict(original.spec.kwargs), ghost_options)
-    counts_before, counts_after = profile(model, size), profile(converted, size)
-
-    # 2. evaluate before any training; then with BN statistics re-estimated (no training)
-    before = _evaluate(model, eval_set, options, device)
-    inherited = _evaluate(converted, eval_set, options, device)
-    log.info(
-        "top-1: original %.2f, inherited Ghost model (0 epochs) %.2f",
-        before["top1"],
-        inherited["top1"],
-    )
-    reestimated: dict[str, Any] | None = None
-    bn_s = 0.0
-    if options.bn_images > 0:
-        start = time.perf_counter()
-        bn_count = min(options.bn_images, len(source.train))
-        bn_batch = calibration_images(source.train, preset, bn_count, options.seed + 1)
-        if reestimate_bn(converted, bn_batch):
-            bn_s = time.perf_counter() - start
-            reestimated = _evaluate(converted, eval_set, options, device)
-            reestimated["images"] = len(bn_batch)
-            log.info("top-1 with BN statistics re-estimated: %.2f", reestimated["top1"])
-
-    # 3. training-format checkpoints: the inherited student, and the teacher if it has none
-    out.mkdir(parents=True, exist_ok=True)
     inherited_path = out / "inherited.pt"
-    atomic_save(
-        training_checkpoint(
-            converted,
-            spec,
-            classes,
-            preset,
-            {"params": counts_after.params, "macs": counts_after.macs},
-        ),
-        inherited_path,
-    )
-    teacher = original.teacher
-    if teacher is None:
-        teacher_path = out / "original.pt"
-        atomic_save(training_checkpoint(model, original.spec, classes, preset, {}), teacher_path)
-        teacher = str(teacher_path)
-    # the rebuilt model (what eval/export/the trainer will load) must be this very model
-    rebuilt, _ = model_from_checkpoint(inherited_path)
-    with torch.no_grad():
-        sample = images[:8].to(device)
-        gap = (rebuilt.to(device)(sample) - converted(sample)).abs().max().item()
-    if gap > 1e-4:
-        raise GhostnetError(f"{inherited_path}: the rebuilt model differs by {gap:.3g} (a bug)")
-
-    # 4. distil from the original
-    distilled: dict[str, Any] | None = None
-    if options.epochs > 0:
+    teacher = original.teacher or str(out / "original.pt")
+    config = None
+    if options.epochs > 0:  # checked now, before minutes of work
         overrides: dict[str, Any] = dict(
             model=spec.name,
             model_kwargs=dict(spec.kwargs),
@@ -330,6 +274,63 @@ def compress(options: CompressOptions) -> dict[str, Any]:
             quiet=options.quiet,
         )
         config = config_from(options.recipe, **overrides)
+
+    # 1. calibrate and inherit
+    start = time.perf_counter()
+    images = calibration_images(source.train, preset, options.calibration_images, options.seed)
+    torch.manual_seed(options.seed)
+    converted = ghostify(model, **ghost_options)
+    names = [n for n, m in converted.named_modules() if isinstance(m, GhostConv2d)]
+    fits = inherit_weights(model, converted, names, images.to(device), fit_on=options.fit_on)
+    converted.eval()
+    inherit_s = time.perf_counter() - start
+    counts_before, counts_after = profile(model, size), profile(converted, size)
+
+    # 2. evaluate before any training; then with BN statistics re-estimated (no training)
+    before = _evaluate(model, eval_set, options, device)
+    inherited = _evaluate(converted, eval_set, options, device)
+    log.info(
+        "top-1: original %.2f, inherited Ghost model (0 epochs) %.2f",
+        before["top1"],
+        inherited["top1"],
+    )
+    reestimated: dict[str, Any] | None = None
+    bn_s = 0.0
+    if options.bn_images > 0:
+        start = time.perf_counter()
+        bn_count = min(options.bn_images, len(source.train))
+        bn_batch = calibration_images(source.train, preset, bn_count, options.seed + 1)
+        if reestimate_bn(converted, bn_batch):
+            bn_s = time.perf_counter() - start
+            reestimated = _evaluate(converted, eval_set, options, device)
+            reestimated["images"] = len(bn_batch)
+            log.info("top-1 with BN statistics re-estimated: %.2f", reestimated["top1"])
+
+    # 3. training-format checkpoints: the inherited student, and the teacher if it has none
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_save(
+        training_checkpoint(
+            converted,
+            spec,
+            classes,
+            preset,
+            {"params": counts_after.params, "macs": counts_after.macs},
+        ),
+        inherited_path,
+    )
+    if original.teacher is None:  # a bare weights file: the trainer needs a checkpoint
+        atomic_save(training_checkpoint(model, original.spec, classes, preset, {}), teacher)
+    # the rebuilt model (what eval/export/the trainer will load) must be this very model
+    rebuilt, _ = model_from_checkpoint(inherited_path)
+    with torch.no_grad():
+        sample = images[:8].to(device)
+        gap = (rebuilt.to(device)(sample) - converted(sample)).abs().max().item()
+    if gap > 1e-4:
+        raise GhostnetError(f"{inherited_path}: the rebuilt model differs by {gap:.3g} (a bug)")
+
+    # 4. distil from the original
+    distilled: dict[str, Any] | None = None
+    if config is not None:
         start = time.perf_counter()
         run = fit(config)
         distilled = {
