@@ -188,3 +188,36 @@ def test_se_reduced_width_and_gate():
 @pytest.mark.parametrize("value, expected", [(18, 20), (16 * 0.5, 8), (960 * 1.3, 1248), (2, 4)])
 def test_make_divisible(value, expected):
     assert make_divisible(value, 4) == expected
+
+
+def test_inherited_layout_matches_definition_and_round_trips():
+    """cat(intrinsic, cheap(intrinsic[sources]))[:, order], with persistent layout buffers."""
+    layer = GhostConv2d(4, 7, 3, padding=1, ratio=3, bias=False, inherited=True).eval()
+    sources, order = torch.tensor([2, 2, 0, 1]), torch.tensor([3, 0, 6, 1, 4, 2, 5])
+    layer.set_layout(sources, order)
+    x = torch.randn(2, 4, 6, 5)
+    with torch.no_grad():
+        intrinsic = layer.primary_conv(x)
+        ghosts = layer.cheap_operation(intrinsic[:, sources])
+        expected = torch.cat([intrinsic, ghosts], 1)[:, order]
+        assert torch.equal(layer(x), expected)
+    keys = set(layer.state_dict())
+    assert {"ghost_sources", "output_order", "cheap_operation.bias"} <= keys
+    plain = GhostConv2d(4, 7, 3, padding=1, ratio=3, bias=False)
+    assert set(plain.state_dict()) == {"primary_conv.weight", "cheap_operation.weight"}
+    assert plain.output_order is None
+    fresh = GhostConv2d(4, 7, 3, padding=1, ratio=3, bias=False, inherited=True)
+    fresh.load_state_dict(layer.state_dict())
+    assert torch.equal(fresh.eval()(x), layer(x))
+
+
+def test_inherited_layout_is_checked():
+    layer = GhostConv2d(4, 6, 1, inherited=True)
+    with pytest.raises(GhostnetError, match="permutation"):
+        layer.set_layout(torch.zeros(3, dtype=torch.long), torch.tensor([0, 0, 1, 2, 3, 4]))
+    with pytest.raises(GhostnetError, match="indices in"):
+        layer.set_layout(torch.tensor([0, 1, 3]), torch.arange(6))
+    with pytest.raises(GhostnetError, match="inherited=True"):
+        GhostConv2d(4, 6, 1).set_layout(torch.zeros(3), torch.arange(6))
+    with pytest.raises(GhostnetError, match="inner_bn=False"):
+        GhostConv2d(4, 6, 1, inner_bn=True, inherited=True)
