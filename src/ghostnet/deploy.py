@@ -461,6 +461,14 @@ def onnx_op_counts(path: str | os.PathLike) -> dict[str, int]:
     return counts
 
 
+def _json_or_text(value: str) -> Any:
+    """ghostnet writes JSON metadata; other tools' entries stay plain strings."""
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError:
+        return value
+
+
 class OnnxSession:
     """An ONNX Runtime session that checks input shapes and reads ghostnet metadata."""
 
@@ -487,7 +495,7 @@ class OnnxSession:
             raise GhostnetError(f"{path}: not a loadable ONNX model ({str(exc)[:200]})") from exc
         self.path = path
         meta = self.session.get_modelmeta().custom_metadata_map
-        self.metadata = {k: json.loads(v) for k, v in meta.items()}
+        self.metadata = {k: _json_or_text(v) for k, v in meta.items()}
         inputs = self.session.get_inputs()
         if len(inputs) != 1:
             raise GhostnetError(
@@ -603,7 +611,7 @@ def float_layer_nodes(proto: Any, groups: Sequence[str]) -> list[str]:
         if (
             ("first" in groups and convs and node is convs[0])
             or ("depthwise" in groups and node.op_type == "Conv" and group_attr > 1)
-            or ("cheap" in groups and "cheap_operation" in scope)
+            or ("cheap" in groups and node.op_type == "Conv" and "cheap_operation" in scope)
             or ("se" in groups and ("SqueezeExcite" in scope or ".se" in scope))
             or ("last" in groups and node.op_type in ("Gemm", "MatMul"))
         ):
@@ -656,7 +664,7 @@ def quantize_onnx(
     method: str = "minmax",
 ) -> dict[str, Any]:
     """Static INT8 quantization of an ONNX file with ONNX Runtime: QDQ format, int8
-    per-channel weights, int8 activations whose ranges are calibrated on ``batches`` (numpy
+    per-channel weights, uint8 activations whose ranges are calibrated on ``batches`` (numpy
     arrays shaped like the model input). Layers in ``float_layers`` groups stay float.
     Returns a summary (node counts) that is also stored in the file's metadata."""
     try:
@@ -701,12 +709,13 @@ def quantize_onnx(
             Reader(),
             quant_format=QuantFormat.QDQ,
             per_channel=per_channel,
-            activation_type=QuantType.QInt8,
+            # uint8 activations with int8 weights (U8S8): ONNX Runtime's fast x86 int8
+            # kernels; signed int8 activations (S8S8) measured 1.6x slower than fp32 here
+            activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
             nodes_to_exclude=excluded,
             calibrate_method=methods[method],
-            # symmetric int8 activations: the form VNNI/AMX int8 kernels run fastest
-            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
+            extra_options={"WeightSymmetric": True},
         )
     except Exception as exc:  # ORT's quantizer raises many types
         _remove_partial(out_path)
@@ -727,7 +736,7 @@ def quantize_onnx(
         if n.op_type in ("Conv", "Gemm", "MatMul") and dequantized.intersection(n.input)
     ]
     summary = {
-        "format": "QDQ int8, per-channel weights" if per_channel else "QDQ int8",
+        "format": "QDQ uint8 activations, int8 weights" + (" per channel" if per_channel else ""),
         "calibration_method": method,
         "calibration_batches": len(batches),
         "float_layers": list(float_layers),

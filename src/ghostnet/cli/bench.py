@@ -7,7 +7,10 @@ import json
 import sys
 
 from ..bench import (
+    _BF16_BACKENDS,
+    _INT8_BACKENDS,
     BACKENDS,
+    cpu_flags,
     fastest,
     format_records,
     machine_info,
@@ -32,11 +35,45 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default="eager,onnxruntime",
         help=f"comma-separated, from {', '.join(BACKENDS)}",
     )
+    p.add_argument(
+        "--precision",
+        default="fp32",
+        help="comma-separated from fp32, bf16 (eager/fused/compile/openvino; CPUs with "
+        "avx512_bf16 or amx_bf16), int8 (onnxruntime/openvino: ONNX Runtime static INT8)",
+    )
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--json", metavar="FILE", help="write one record per model/backend/batch")
     p.set_defaults(run=run)
+
+
+def with_precisions(backends: list[str], precisions: list[str]) -> list[str]:
+    """``eager,onnxruntime`` x ``fp32,int8`` -> the backend names that support each precision
+    (``eager, onnxruntime, onnxruntime-int8``); a precision no backend supports is an error."""
+    from ..errors import GhostnetError
+
+    supported = {"fp32": BACKENDS, "bf16": _BF16_BACKENDS, "int8": _INT8_BACKENDS}
+    out = []
+    for precision in precisions:
+        if precision not in supported:
+            raise GhostnetError(f"--precision {precision}: choose from fp32, bf16, int8")
+        if precision == "bf16":
+            from ..bench import require_bf16
+
+            require_bf16()
+        chosen = [
+            b if precision == "fp32" else f"{b}-{precision}"
+            for b in backends
+            if precision == "fp32" or b.split("-")[0] in supported[precision]
+        ]
+        if not chosen:
+            raise GhostnetError(
+                f"--precision {precision} needs one of the backends "
+                f"{', '.join(supported[precision])}"
+            )
+        out += chosen
+    return out
 
 
 def ratio_lines(records: list, models: list[str], batch_sizes: list[int]) -> list[str]:
@@ -74,7 +111,10 @@ def ratio_lines(records: list, models: list[str], batch_sizes: list[int]) -> lis
 def run(args: argparse.Namespace) -> int:
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
-    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    backends = with_precisions(
+        [b.strip() for b in args.backends.split(",") if b.strip()],
+        [x.strip() for x in args.precision.split(",") if x.strip()],
+    )
     records = run_benchmark(
         models,
         batch_sizes,
@@ -90,6 +130,7 @@ def run(args: argparse.Namespace) -> int:
         f"torch {info['torch']}, onnxruntime {info['onnxruntime']}, "
         f"openvino {info['openvino']}; {args.repeats} interleaved repeats, medians"
     )
+    print(f"CPU flags: {' '.join(cpu_flags()) or 'none of the avx512/amx/vnni family'}")
     print(format_records(records))
     for line in ratio_lines(records, [resolve_model(m) for m in models], batch_sizes):
         print(line)
