@@ -120,9 +120,15 @@ def _save(out: Path, names: tuple[str, ...], state: dict[str, Any]) -> None:
         atomic_save(state, out / name)
 
 
-def fit_detection(config: TrainConfig, resume: str | os.PathLike | None = None) -> dict[str, Any]:
+def fit_detection(
+    config: TrainConfig,
+    resume: str | os.PathLike | None = None,
+    *,
+    max_steps: int | None = None,
+) -> dict[str, Any]:
     """Train a detector on the COCO-layout folder ``config.data``; writes last.pt/best.pt,
-    metrics.jsonl and summary.json to ``config.out``; returns the summary."""
+    metrics.jsonl and summary.json to ``config.out``; returns the summary. ``max_steps``
+    stops after that many optimizer steps in total (last.pt saved; resume continues)."""
     out = Path(config.out)
     torch.manual_seed(config.seed)
     device = pick_device(config.device)
@@ -223,6 +229,9 @@ def fit_detection(config: TrainConfig, resume: str | os.PathLike | None = None) 
             global_step += 1
             if config.checkpoint_every and global_step % config.checkpoint_every == 0:
                 _save(out, ("last.pt",), state())
+            if max_steps is not None and global_step >= max_steps:
+                _save(out, ("last.pt",), state())
+                return {"task": "detection", "status": "stopped", "global_step": global_step}
         last_eval = evaluate_detector(model, val_split, device, limit=config.eval_subset)
         row = {
             "epoch": epoch + 1,

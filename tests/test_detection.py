@@ -1,0 +1,180 @@
+"""Detection: detectors of each kind train a step and export, COCO data with bad entries,
+the CIFAR detection generator, and a tiny fit with exact resume."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ghostnet.config import TrainConfig
+from ghostnet.detection import KINDS, create_detector
+from ghostnet.detection.data import DetectionDataset, open_split
+from ghostnet.detection.synth import make_cifar_detection
+from ghostnet.detection.tools import export_dense
+from ghostnet.detection.train import detector_from_checkpoint, fit_detection
+from ghostnet.errors import GhostnetError
+
+from .imagegen import make_image_folder
+
+BACKBONE = "resnet20_cifar"  # small and quick to trace; levels at 1/1, 1/2, 1/4
+SIZE = 64
+
+
+def write_coco(root: Path, images: int = 6, seed: int = 0, size: int = SIZE) -> Path:
+    """A tiny COCO 2017 layout set: coloured squares (class = colour) on noise."""
+    rng = np.random.default_rng(seed)
+    colours = [(230, 30, 30), (30, 200, 30)]
+    for split in ("train", "val"):
+        (root / f"{split}2017").mkdir(parents=True, exist_ok=True)
+        imgs, anns = [], []
+        for i in range(images):
+            pixels = rng.integers(0, 80, size=(size, size, 3)).astype(np.uint8)
+            for _ in range(int(rng.integers(1, 3))):
+                c = int(rng.integers(2))
+                side = int(rng.integers(12, 28))
+                x, y = (int(v) for v in rng.integers(0, size - side, size=2))
+                pixels[y : y + side, x : x + side] = colours[c]
+                anns.append(
+                    {
+                        "id": len(anns) + 1,
+                        "image_id": i + 1,
+                        "category_id": c + 1,
+                        "bbox": [x, y, side, side],
+                        "area": side * side,
+                        "iscrowd": 0,
+                    }
+                )
+            Image.fromarray(pixels).save(root / f"{split}2017" / f"{i}.png")
+            imgs.append({"id": i + 1, "file_name": f"{i}.png", "width": size, "height": size})
+        coco = {
+            "images": imgs,
+            "annotations": anns,
+            "categories": [{"id": 1, "name": "red"}, {"id": 2, "name": "green"}],
+        }
+        (root / "annotations").mkdir(exist_ok=True)
+        (root / "annotations" / f"instances_{split}2017.json").write_text(json.dumps(coco))
+    return root
+
+
+@pytest.mark.slow  # four detectors, each exported and checked in ONNX Runtime
+@pytest.mark.parametrize("kind", KINDS)
+def test_detector_trains_and_exports(kind, tmp_path):
+    model = create_detector(kind, BACKBONE, num_classes=2, image_size=SIZE, fpn_channels=64)
+    images = [torch.rand(3, SIZE, SIZE), torch.rand(3, SIZE, SIZE)]
+    targets = [
+        {"boxes": torch.tensor([[4.0, 6.0, 30.0, 40.0]]), "labels": torch.tensor([1])},
+        {"boxes": torch.tensor([[20.0, 10.0, 60.0, 50.0]]), "labels": torch.tensor([2])},
+    ]
+    losses = model.train()(images, targets)
+    total = sum(losses.values())
+    assert torch.isfinite(total)
+    total.backward()
+    grads = [p.grad for n, p in model.named_parameters() if n.startswith("backbone.body")]
+    assert any(g is not None and g.abs().sum() > 0 for g in grads)  # reaches the backbone
+    out = model.eval()(images)
+    assert len(out) == 2 and set(out[0]) == {"boxes", "scores", "labels"}
+    report = export_dense(model, tmp_path / f"{kind}.onnx", SIZE)
+    assert report["max_abs_diff"] < 1e-4
+
+
+def test_ghostified_torchvision_backbone():
+    model = create_detector(
+        "fcos", "torchvision:mobilenet_v3_small", 2, ghostify={"ratio": 2}, image_size=SIZE
+    )
+    body = model.backbone.body
+    assert any(type(m).__name__ == "GhostConv2d" for m in body.modules())
+    assert body.feature_info.reduction() == [8, 16, 32]
+
+
+def test_bad_entries_are_skipped_and_named(tmp_path, caplog):
+    root = write_coco(tmp_path / "coco")
+    path = root / "annotations" / "instances_train2017.json"
+    coco = json.loads(path.read_text())
+    coco["annotations"][0]["bbox"] = [50, 50, 40, 40]  # outside the 64x64 image
+    coco["annotations"][1]["category_id"] = 99  # unknown category
+    coco["images"].append({"id": 100, "file_name": "gone.png", "width": 64, "height": 64})
+    path.write_text(json.dumps(coco))
+    with caplog.at_level(logging.WARNING, logger="ghostnet"):
+        split = open_split(root, "train")
+    text = caplog.text
+    assert "gone.png (missing file)" in text
+    assert "unknown category id 99" in text
+    assert "outside the 64x64 image" in text
+    assert 100 not in split.image_ids and len(split.skipped) == 3
+    # a file that stops decoding mid-run is replaced, named once, never raised
+    (root / "train2017" / "0.png").write_bytes(b"not a png")
+    dataset = DetectionDataset(split)
+    image, target = dataset[0]
+    assert image.shape == (3, SIZE, SIZE) and int(target["image_id"]) != 1
+    assert dataset.bad == [str(root / "train2017" / "0.png")]
+
+
+def test_empty_annotation_list_is_one_line(tmp_path):
+    root = write_coco(tmp_path / "coco")
+    path = root / "annotations" / "instances_train2017.json"
+    coco = json.loads(path.read_text())
+    coco["annotations"] = []
+    path.write_text(json.dumps(coco))
+    with pytest.raises(GhostnetError, match="no usable annotation"):
+        open_split(root, "train")
+    path.write_text("{not json")
+    with pytest.raises(GhostnetError, match="not a COCO annotation file"):
+        open_split(root, "train")
+
+
+def test_cifar_detection_set_is_deterministic(tmp_path):
+    cifar = make_image_folder(tmp_path / "cifar", classes=3, per_class=4, size=32)
+    a = make_cifar_detection(cifar, tmp_path / "a", train=4, val=2, seed=3)
+    make_cifar_detection(cifar, tmp_path / "b", train=4, val=2, seed=3)
+    for name in ("instances_train2017.json", "instances_val2017.json"):
+        ja = (tmp_path / "a" / "annotations" / name).read_text()
+        assert ja == (tmp_path / "b" / "annotations" / name).read_text()
+    coco = json.loads((tmp_path / "a" / "annotations" / "instances_train2017.json").read_text())
+    assert a["train_images"] == 4 and 4 <= a["train_objects"] <= 16
+    for ann in coco["annotations"]:
+        x, y, w, h = ann["bbox"]
+        assert x >= 0 and y >= 0 and x + w <= 256 and y + h <= 256 and 16 <= w <= 64
+    split = open_split(tmp_path / "a", "val")  # readable by the training data path
+    assert split.classes == ["class_0", "class_1", "class_2"]
+
+
+def _config(root: Path, out: Path) -> TrainConfig:
+    return TrainConfig(
+        model=BACKBONE,
+        data=str(root),
+        out=str(out),
+        task="detection",
+        detector="fasterrcnn",
+        epochs=2,
+        batch_size=2,
+        lr=0.005,
+        opt="sgd",
+        device="cpu",
+        input_size=SIZE,
+        quiet=True,
+    )
+
+
+@pytest.mark.slow  # three short training runs
+def test_fit_detection_resumes_exactly(tmp_path):
+    root = write_coco(tmp_path / "coco", images=4)
+    full = fit_detection(_config(root, tmp_path / "full"))
+    assert full["status"] == "finished"
+    summary = json.loads((tmp_path / "full" / "summary.json").read_text())
+    assert {"mAP", "mAP50", "per_class_AP"} <= set(summary["final"])
+    assert set(summary["final"]["per_class_AP"]) == {"red", "green"}
+
+    stopped = fit_detection(_config(root, tmp_path / "cut"), max_steps=3)  # mid-epoch 2
+    assert stopped["status"] == "stopped"
+    fit_detection(_config(root, tmp_path / "cut"), resume=tmp_path / "cut" / "last.pt")
+    a, _ = detector_from_checkpoint(tmp_path / "full" / "last.pt")
+    b, checkpoint = detector_from_checkpoint(tmp_path / "cut" / "last.pt")
+    assert checkpoint["task"] == "detection" and checkpoint["epoch"] == 2
+    for (name, x), y in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        assert torch.equal(x, y), name
