@@ -282,3 +282,67 @@ def test_inherited_output_order_survives_onnx_export(tmp_path):
     assert diff <= 1e-4
     # one gather of ghost sources per layer, plus the one kept order (the folded one is gone)
     assert onnx_op_counts(path).get("Gather", 0) == 2 + 1
+
+
+def _random_checkpoint(path, name="resnet20_cifar", size=32):
+    """A ghostnet checkpoint with untrained weights (export checks need no accuracy)."""
+    from ghostnet.checkpoint import FORMAT
+    from ghostnet.data import choose_preset
+    from ghostnet.models import ModelSpec
+
+    spec = ModelSpec(name, {"num_classes": 3})
+    torch.save(
+        {
+            "format": FORMAT,
+            "model_spec": spec.to_dict(),
+            "classes": ["a", "b", "c"],
+            "preset": choose_preset("cifar", (size, size)).to_dict(),
+            "model": spec.build().state_dict(),
+        },
+        path,
+    )
+    return path
+
+
+def test_export_file_defects(tmp_path, capsys):
+    """Issue #14: one self-contained file, the exported size in the metadata, a folder as
+    --out and a --model that disagrees with --checkpoint refused before any work."""
+    checkpoint = _random_checkpoint(tmp_path / "best.pt")
+    out = tmp_path / "m.onnx"
+    argv = ["export", "--checkpoint", str(checkpoint), "--input-size", "3,64,64"]
+    assert main([*argv, "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "m.onnx"]  # no m.onnx.data
+    session = OnnxSession(out)
+    assert session.input_shape == [1, 3, 64, 64] and session.metadata["preset"]["input_size"] == 64
+    # predict prepares images at the exported size instead of refusing the file
+    from .imagegen import make_image_folder
+
+    images = make_image_folder(tmp_path / "imgs", classes=1, per_class=2, size=32)
+    assert main(["predict", "--backend", "onnxruntime", str(out), str(images)]) == 0
+    capsys.readouterr()
+    folder = tmp_path / "existing"
+    folder.mkdir()
+    code = main(["export", "--checkpoint", str(checkpoint), "--out", str(folder)])
+    err = capsys.readouterr().err
+    assert code == 2 and "is an existing folder" in err and "traceable" not in err
+    assert len(err.strip().splitlines()) == 1 and list(folder.iterdir()) == []
+    assert not (tmp_path / "existing.data").exists()
+    code = main(["export", "--model", "ghostnet_100", "--checkpoint", str(checkpoint), "--out",
+                 str(tmp_path / "x.onnx")])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and "disagrees" in err and "resnet20_cifar" in err
+    assert not (tmp_path / "x.onnx").exists()
+    # the same name is accepted
+    argv = ["export", "--model", "resnet20_cifar", "--checkpoint", str(checkpoint)]
+    assert main([*argv, "--out", str(tmp_path / "y.onnx")]) == 0
+
+
+def test_bench_precision_backends_are_validated(capsys):
+    from ghostnet.bench import _parse_backend
+
+    assert _parse_backend("onnxruntime-split-int8") == ("onnxruntime", True, "int8")
+    assert _parse_backend("compile-bf16") == ("compile", False, "bf16")
+    for bad in ("onnxruntime-bf16", "eager-int8", "eager-split"):
+        with pytest.raises(GhostnetError, match="unknown backend"):
+            _parse_backend(bad)
