@@ -733,7 +733,11 @@ def quantize_onnx(
     int8_layers = [
         n.name
         for n in quantized.graph.node
-        if n.op_type in ("Conv", "Gemm", "MatMul") and dequantized.intersection(n.input)
+        # a layer runs in int8 when its weights are quantized (a float layer still reads
+        # its input through the previous layer's Q/DQ pair)
+        if n.op_type in ("Conv", "Gemm", "MatMul")
+        and len(n.input) > 1
+        and n.input[1] in dequantized
     ]
     summary = {
         "format": "QDQ uint8 activations, int8 weights" + (" per channel" if per_channel else ""),
