@@ -59,10 +59,25 @@ def main() -> int:
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--resume", action="store_true")
     p.add_argument("--json", default=None)
+    p.add_argument(
+        "--measure-only", action="store_true", help="params/MACs/latency of untrained detectors"
+    )
     args = p.parse_args()
     torch.set_num_threads(2)
     results = []
-    for backbone in BACKBONES:
+    if args.measure_only:
+        from ghostnet.detection import create_detector
+
+        for backbone in BACKBONES:
+            model = create_detector(args.detector, backbone, num_classes=10, image_size=256)
+            row = {"backbone": backbone, "detector": args.detector, "trained": False}
+            row.update(measure(model, 256, args.repeats))
+            results.append(row)
+            print(json.dumps(row), flush=True)
+        backbones: tuple[str, ...] = ()
+    else:
+        backbones = BACKBONES
+    for backbone in backbones:
         out = Path(args.out) / backbone.replace(":", "_")
         train_images = len(open_split(args.data, "train").image_ids)
         epochs = max(1, -(-args.steps * args.batch_size // train_images))
