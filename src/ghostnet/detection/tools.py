@@ -28,7 +28,9 @@ def run_eval(args: argparse.Namespace) -> int:
     model, checkpoint = detector_from_checkpoint(args.checkpoint)
     device = pick_device(getattr(args, "device", "auto"))
     split = open_split(args.data, "val", checkpoint["classes"])
-    result = evaluate_detector(model.to(device), split, device, getattr(args, "batch_size", 8))
+    # eval's --batch-size default (256) suits 32x32 classification, not detection images
+    batch_size = min(int(getattr(args, "batch_size", 8)), 16)
+    result = evaluate_detector(model.to(device), split, device, batch_size)
     if getattr(args, "json", False):
         print(json.dumps({**result, "checkpoint": str(args.checkpoint)}, indent=2))
         return 0
