@@ -49,6 +49,7 @@ def _args(tiny, out, *extra):
     ]
 
 
+@pytest.mark.slow  # > 20 s while the machine is loaded; ~1-10 s when quiet
 def test_compress_cli_zero_epochs(tiny, capsys):
     root = tiny[0]
     assert main(_args(tiny, "c0", "--epochs", "0")) == 0

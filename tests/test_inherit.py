@@ -137,6 +137,7 @@ def test_calibration_from_a_dataloader():
         assert ka == kb and torch.allclose(va.float(), vb.float(), atol=1e-6)
 
 
+@pytest.mark.slow  # > 20 s while the machine is loaded; ~1-10 s when quiet
 def test_rebuilt_from_plain_data():
     """The spec's ghostify options rebuild the layout; load_state_dict fills the buffers."""
     torch.manual_seed(0)
