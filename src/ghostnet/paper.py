@@ -21,16 +21,19 @@ from .profile import Profile, profile
 
 @dataclass(frozen=True)
 class PaperRow:
-    """A model as the paper reports it (params in M, MACs in M, top-1 in %)."""
+    """A model as the paper reports it (params in M, MACs in M, top-1 in %; None: not
+    published)."""
 
     label: str
     model: str
     kwargs: dict[str, Any]
-    params_m: float
-    macs_m: float
+    params_m: float | None
+    macs_m: float | None
     top1: float | None
-    table: str  # where in the paper
+    table: str  # where in the paper (or which other published source)
 
+
+_TIMM = "timm results-imagenet.csv"
 
 PAPER_ROWS: tuple[PaperRow, ...] = (
     PaperRow("GhostNet 0.5x", "ghostnet_050", {}, 2.6, 42, 66.2, "Table 7 (ImageNet)"),
@@ -53,6 +56,21 @@ PAPER_ROWS: tuple[PaperRow, ...] = (
     PaperRow("ResNet-50", "torchvision:resnet50", {}, 25.6, 4100, 75.3, "Table 5 (ImageNet)"),
     PaperRow("Ghost-ResNet-50 s=2", "ghost_resnet50", {"ratio": 2}, 13.0, 2200, 75.0, "Table 5"),
     PaperRow("Ghost-ResNet-50 s=4", "ghost_resnet50", {"ratio": 4}, 6.5, 1200, 74.1, "Table 5"),
+    # GhostNetV2/V3: the V2 paper's 1.0x row and the V3 paper's 1.3x top-1 at 269M MACs; for
+    # the other widths timm's results-imagenet.csv (its param_count and top-1 of the official
+    # weights) where it lists them, else nothing is published ("n/a"). V3 rows count the
+    # deploy form (what the published MACs describe) and, separately, the training form.
+    PaperRow("GhostNetV2 1.0x", "ghostnetv2_100", {}, 6.16, 167, 75.3, "V2 paper"),
+    PaperRow("GhostNetV2 1.3x", "ghostnetv2_130", {}, 8.96, None, 76.7, _TIMM),
+    PaperRow("GhostNetV2 1.6x", "ghostnetv2_160", {}, 12.39, None, 77.8, _TIMM),
+    PaperRow("GhostNetV3 0.5x", "ghostnetv3_050", {"deploy": True}, None, None, None, "n/a"),
+    PaperRow("GhostNetV3 0.5x train", "ghostnetv3_050", {}, None, None, None, "n/a"),
+    PaperRow("GhostNetV3 1.0x", "ghostnetv3_100", {"deploy": True}, None, None, None, "n/a"),
+    PaperRow("GhostNetV3 1.0x train", "ghostnetv3_100", {}, 8.13, None, 76.9, _TIMM),
+    PaperRow("GhostNetV3 1.3x", "ghostnetv3_130", {"deploy": True}, None, 269, 79.1, "V3 paper"),
+    PaperRow("GhostNetV3 1.3x train", "ghostnetv3_130", {}, None, None, None, "n/a"),
+    PaperRow("GhostNetV3 1.6x", "ghostnetv3_160", {"deploy": True}, None, None, None, "n/a"),
+    PaperRow("GhostNetV3 1.6x train", "ghostnetv3_160", {}, None, None, None, "n/a"),
 )
 
 TOLERANCE = 0.02  # relative difference accepted without a note
@@ -67,20 +85,24 @@ class Comparison:
     top1: float | None = None  # ours, from a training run's summary.json
 
     @property
-    def params_diff(self) -> float:
-        return self.params / (self.row.params_m * 1e6) - 1
+    def params_diff(self) -> float | None:
+        paper = self.row.params_m
+        return None if paper is None else self.params / (paper * 1e6) - 1
 
     @property
-    def macs_diff(self) -> float:
-        return self.macs / (self.row.macs_m * 1e6) - 1
+    def macs_diff(self) -> float | None:
+        paper = self.row.macs_m
+        return None if paper is None else self.macs / (paper * 1e6) - 1
 
     @property
     def params_ok(self) -> bool:
-        return _agrees(self.params / 1e6, self.row.params_m)
+        paper = self.row.params_m
+        return paper is None or _agrees(self.params / 1e6, paper)
 
     @property
     def macs_ok(self) -> bool:
-        return _agrees(self.macs / 1e6, self.row.macs_m)
+        paper = self.row.macs_m
+        return paper is None or _agrees(self.macs / 1e6, paper)
 
 
 def _agrees(ours: float, paper: float) -> bool:
@@ -141,6 +163,37 @@ def explain(row: PaperRow, model: nn.Module, result: Profile) -> list[str]:
     return notes
 
 
+def versions_notes(row: PaperRow, model: nn.Module, result: Profile) -> list[str]:
+    """What GhostNetV2/V3 rows add to V1 and what V3's training form costs, measured."""
+    if not row.model.startswith(("ghostnetv2", "ghostnetv3")):
+        return []
+    notes: list[str] = []
+    dfc_macs = sum(layer.macs for layer in result.layers if ".short_conv." in layer.name)
+    dfc_params = sum(layer.params for layer in result.layers if ".short_conv." in layer.name)
+    branches = sum(getattr(m, "short_conv", None) is not None for m in model.modules())
+    if row.model.startswith("ghostnetv2") or row.kwargs.get("deploy"):
+        width = getattr(model, "width", 1.0)
+        v1 = profile(create_model("ghostnet", width=width), default_input_size(row.model))
+        notes.append(
+            f"vs GhostNet {width}x ({v1.params / 1e6:.2f}M, {v1.macs / 1e6:.1f}M MACs): the "
+            f"{branches} DFC branches add {dfc_params / 1e6:.2f}M params and {dfc_macs / 1e6:.1f}M "
+            f"MACs ({dfc_macs / result.macs:.1%} of the total)"
+            + ("; folded, V3 has V2's MACs" if "v3" in row.model else "")
+        )
+    else:
+        from .reparam import reparameterize
+
+        folded = profile(reparameterize(model), default_input_size(row.model))
+        notes.append(
+            f"training form: each Ghost primary/cheap conv and stride-2 depthwise conv is 3 "
+            f"parallel conv+BN copies (the cheap and depthwise convs also a 1x1 scale branch, "
+            f"the cheap op a BN identity): {result.macs / folded.macs:.2f}x the MACs; "
+            f"ghostnet.reparameterize folds it to {folded.params / 1e6:.2f}M / "
+            f"{folded.macs / 1e6:.1f}M MACs (same outputs to float rounding)"
+        )
+    return notes
+
+
 def load_results(results_dir: str | Path | None) -> dict[tuple[str, int, int], float]:
     """Top-1 of finished training runs: ``DIR/*/summary.json`` -> {(model, s, d): top1}."""
     found: dict[tuple[str, int, int], float] = {}
@@ -169,6 +222,7 @@ def paper_rows(results_dir: str | Path | None = None) -> list[Comparison]:
         comparison = Comparison(row, result.params, result.macs)
         if not (comparison.params_ok and comparison.macs_ok):
             comparison.notes = explain(row, model, result)
+        comparison.notes += versions_notes(row, model, result)
         key = (row.model, row.kwargs.get("ratio", 2), row.kwargs.get("dw_size", 3))
         comparison.top1 = results.get(key)
         out.append(comparison)
@@ -193,19 +247,23 @@ def format_table(rows: list[Comparison]) -> str:
             notes.append(note)
             marks.append(f"[{len(notes)}]")
         ok = "" if (c.params_ok and c.macs_ok) else " *"
-        top1 = f"{c.row.top1:.1f}" if c.row.top1 is not None else "-"
+        top1 = f"{c.row.top1:.1f}" if c.row.top1 is not None else "n/a"
         ours_top1 = f"{c.top1:.1f}" if c.top1 is not None else "-"
-        paper_macs = c.row.macs_m * 1e6
+        paper_params = "n/a" if c.row.params_m is None else f"{c.row.params_m:.2f}M"
+        paper_macs = "n/a" if c.row.macs_m is None else _fmt_count(c.row.macs_m * 1e6)
+        params_diff = "" if c.params_diff is None else f"{c.params_diff:+.1%}"
+        macs_diff = "" if c.macs_diff is None else f"{c.macs_diff:+.1%}"
         lines.append(
-            f"{c.row.label:<22} {c.row.params_m:>11.2f}M {c.params / 1e6:>7.2f}M "
-            f"{c.params_diff:>+7.1%} | {_fmt_count(paper_macs):>10} {_fmt_count(c.macs):>8} "
-            f"{c.macs_diff:>+7.1%} | {top1:>11} {ours_top1:>6}  {' '.join(marks)}{ok}"
+            f"{c.row.label:<22} {paper_params:>12} {c.params / 1e6:>7.2f}M "
+            f"{params_diff:>7} | {paper_macs:>10} {_fmt_count(c.macs):>8} "
+            f"{macs_diff:>7} | {top1:>11} {ours_top1:>6}  {' '.join(marks)}{ok}"
         )
     lines.append("")
     lines.append(
         "MACs: multiply-adds of convs and linear layers (torch.utils.flop_counter / 2). A "
         "difference is accepted within 2% or at the paper's printed precision; '*' marks rows "
-        "outside both, explained below. top-1 'ours' comes from --results runs."
+        "outside both, explained below. top-1 'ours' comes from --results runs. 'n/a': not "
+        "published (GhostNetV2/V3 rows: the V2/V3 papers, else timm's results-imagenet.csv)."
     )
     lines += [f"[{i}] {n}" for i, n in enumerate(notes, 1)]
     return "\n".join(lines)
