@@ -178,3 +178,37 @@ def test_fit_detection_resumes_exactly(tmp_path):
     assert checkpoint["task"] == "detection" and checkpoint["epoch"] == 2
     for (name, x), y in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
         assert torch.equal(x, y), name
+
+
+@pytest.mark.slow
+def test_train_cli_task_detection(tmp_path, capsys, cifar10_path):
+    """`ghostnet train --task detection` trains beside classification and refuses to write
+    over the run it made."""
+    from ghostnet.cli import main
+    from ghostnet.detection.synth import make_cifar_detection
+
+    data = tmp_path / "det"
+    make_cifar_detection(cifar10_path, data, train=8, val=4, seed=0)
+    argv = [
+        "train",
+        "--task",
+        "detection",
+        "--detector",
+        "fcos",
+        "--model",
+        "resnet20_cifar",
+        "--data",
+        str(data),
+        "--out",
+        str(tmp_path / "run"),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "4",
+        "--quiet",
+    ]
+    assert main(argv) == 0
+    assert "fcos on resnet20_cifar: mAP" in capsys.readouterr().out
+    assert (tmp_path / "run" / "summary.json").exists()
+    assert main(argv) == 2
+    assert "already holds a run" in capsys.readouterr().err

@@ -486,3 +486,21 @@ def test_unreadable_images_are_skipped_and_listed(tmp_path):
         listed = (out / "skipped_images.txt").read_text().split()
         assert sorted(Path(p).name for p in listed) == ["0001.png", "0002.png"], name
         assert summary["status"] == "finished"
+
+
+def test_ema_copies_integer_buffers():
+    """The EMA averages floats and copies integer buffers (averaging 11 in integers gave 10)."""
+    from torch.optim.swa_utils import AveragedModel
+
+    from ghostnet.engine import ema_update
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    model.register_buffer("layout", torch.tensor([11, 3, 7]))
+    ema = AveragedModel(model, multi_avg_fn=ema_update(0.9999), use_buffers=True)
+    for _ in range(3):
+        model(torch.randn(2, 3, 8, 8))
+        model.layout += 1
+        ema.update_parameters(model)
+    assert ema.module.layout.tolist() == [14, 6, 10]
+    assert ema.module[1].num_batches_tracked.item() == 3
+    assert not torch.equal(ema.module[1].running_mean, model[1].running_mean)  # averaged

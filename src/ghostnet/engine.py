@@ -651,6 +651,22 @@ def _load_init_weights(model: nn.Module, source: str) -> None:
     load_into(model, state, source=str(path))
 
 
+def ema_update(decay: float) -> Any:
+    """AveragedModel's EMA for float tensors; integer buffers (BN's num_batches_tracked, an
+    inherited Ghost layer's channel layout) are copied, because averaging them in integer
+    arithmetic truncates (11 -> 10 at decay 0.9999). AveragedModel groups tensors by dtype,
+    so each call sees one dtype."""
+    average = get_ema_multi_avg_fn(decay)
+
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], n: Any) -> None:
+        if averaged and not averaged[0].is_floating_point():
+            torch._foreach_copy_(averaged, current)
+        else:
+            average(averaged, current, n)
+
+    return update
+
+
 def build_state(run: RunInfo, model: nn.Module) -> TrainState:
     """Optimizer, schedule, scaler and EMA around ``model`` (moved to the device)."""
     config, device = run.config, run.device
@@ -663,7 +679,7 @@ def build_state(run: RunInfo, model: nn.Module) -> TrainState:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     optimizer = build_optimizer(model, config)
     ema = (
-        AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema), use_buffers=True)
+        AveragedModel(model, multi_avg_fn=ema_update(config.ema), use_buffers=True)
         if config.ema > 0
         else None
     )

@@ -142,11 +142,18 @@ def run(args: argparse.Namespace) -> int:
         config = TrainConfig(**values)
     else:
         config = config_from(args.recipe, **explicit)
-    if config.task == "detection":
+    if config.task == "detection":  # trains beside classification, not inside fit
         from ..detection.train import fit_detection
+        from ..engine import check_out_folder
 
-        summary = fit_detection(config, resume=resume, overwrite=args.overwrite)
-        return 0 if summary is not None else 1
+        check_out_folder(Path(config.out), resume=resume is not None, overwrite=args.overwrite)
+        summary = fit_detection(config, resume=resume)
+        final = summary["final"]
+        print(
+            f"{config.detector} on {config.model}: mAP {final['mAP']:.4f}  "
+            f"mAP@0.5 {final['mAP50']:.4f} -> {args.out}"
+        )
+        return 0
     summary = fit(config, resume=resume, overwrite=args.overwrite)
     if summary:
         print(
