@@ -120,6 +120,7 @@ def test_int8_top1_matches_fp32_on_real_images(real_checkpoint, tmp_path):
     assert (tmp_path / "int8.onnx").stat().st_size < 0.5 * fp32.stat().st_size
 
 
+@pytest.mark.slow  # shares the in-test training fixture
 def test_export_int8_and_eval_cli(real_checkpoint, tmp_path, capsys):
     _, checkpoint, test_data, calib = real_checkpoint
     results = {}
