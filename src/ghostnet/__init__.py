@@ -5,10 +5,10 @@ params/MACs counting, training, redundancy analysis and deployment helpers.
 """
 
 from .convert import GhostifyReport, ghostify, ghostify_report
+from .counting import Profile, profile
 from .errors import GhostnetError
 from .layers import GhostBottleneck, GhostConv2d, GhostModule, SqueezeExcite, make_divisible
 from .models import GHOSTNET_TABLE, GhostNet, ModelSpec, create_model, list_models
-from .profile import Profile, profile
 from .reparam import reparameterize
 from .weights import load_state_dict_file, load_weights, save_weights
 

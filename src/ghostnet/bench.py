@@ -288,7 +288,7 @@ def run_benchmark(
     progress: Callable[[str], None] | None = None,
 ) -> list[BenchRecord]:
     """Measure every (model, backend) per batch size, interleaving the runs."""
-    from .profile import profile
+    from .counting import profile
 
     for backend in backends:
         _parse_backend(backend)

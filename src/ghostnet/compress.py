@@ -23,12 +23,12 @@ from torch import nn
 from .checkpoint import FORMAT, atomic_save, model_from_checkpoint
 from .config import config_from
 from .convert import ghostify
+from .counting import profile
 from .data import ImageDataset, Preset, balanced_subset, build_transform, choose_preset, open_data
 from .errors import GhostnetError
 from .inherit import MIN_CALIBRATION_IMAGES, inherit_weights
 from .layers import GhostConv2d
 from .models import ModelSpec
-from .profile import profile
 from .weights import safe_torch_load
 
 log = logging.getLogger("ghostnet")

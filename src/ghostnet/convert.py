@@ -16,9 +16,9 @@ from typing import Any
 
 from torch import nn
 
+from .counting import profile
 from .errors import GhostnetError
 from .layers import DFCGhostConv2d, GhostConv2d, check_ghost_args
-from .profile import profile
 
 
 @dataclass

@@ -53,6 +53,7 @@ from .checkpoint import (
     remove_stale_temp_files,
 )
 from .config import RECIPES, TrainConfig, config_from
+from .counting import profile
 from .data import (
     ImageDataset,
     Preset,
@@ -67,7 +68,6 @@ from .distill import TrainLoss, load_teacher
 from .errors import GhostnetError
 from .files import check_output_folder
 from .models import ModelSpec
-from .profile import profile
 
 log = logging.getLogger("ghostnet")
 

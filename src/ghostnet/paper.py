@@ -14,9 +14,9 @@ from typing import Any
 
 from torch import nn
 
+from .counting import Profile, profile
 from .layers import GhostConv2d
 from .models import create_model, default_input_size
-from .profile import Profile, profile
 
 
 @dataclass(frozen=True)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from ..counting import compare_module, profile
 from ..errors import GhostnetError
-from ..profile import compare_module, profile
 from .common import (
     add_ghostify_args,
     input_size_for,

@@ -3,7 +3,7 @@ from torch import nn
 
 import ghostnet
 from ghostnet import GhostnetError
-from ghostnet.profile import compare_module, theoretical_ratios
+from ghostnet.counting import compare_module, theoretical_ratios
 
 
 def test_conv_and_linear_macs_by_hand():
@@ -72,3 +72,11 @@ def test_module_compare_measures_ratios():
     assert row.measured_speedup == pytest.approx(row.theoretical_speedup, rel=0.01)
     assert row.conv_ms > 0 and row.ghost_ms > 0
     assert row.ghost_macs < row.conv_macs and row.ghost_params < row.conv_params
+
+
+def test_the_profile_function_does_not_hide_a_module():
+    """ghostnet.profile is the counting function; the module is ghostnet.counting."""
+    import ghostnet
+    import ghostnet.counting
+
+    assert callable(ghostnet.profile) and ghostnet.profile is ghostnet.counting.profile
