@@ -7,6 +7,8 @@ import os
 import pytest
 import torch
 
+from ghostnet.models import default_input_size
+
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
@@ -35,3 +37,36 @@ def cifar10_path():
             pytest.fail(message)
         pytest.skip(message)
     return path
+
+
+# small inputs keep the sweep fast; every architecture runs at these sizes
+SMALL = {"ghost_resnet50": (3, 64, 64), "ghostnet": (3, 64, 64)}
+
+
+def small_size(name: str) -> tuple[int, int, int]:
+    """A small input size every registered architecture runs at (keeps sweeps fast)."""
+    size = default_input_size(name)
+    return SMALL.get(name, size if size[1] <= 64 else (3, 64, 64))
+
+
+def randomise_bn(model: torch.nn.Module, size=None) -> torch.nn.Module:
+    """Give every BN non-trivial statistics and affine parameters, then eval mode.
+
+    With ``size`` the statistics are measured (a few train-mode passes over random images),
+    as in a real network, so deep models keep sane activations; otherwise they are drawn."""
+    g = torch.Generator().manual_seed(1)
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.weight.data.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
+            m.bias.data.copy_(torch.rand(m.bias.shape, generator=g) - 0.5)
+            if size is None:
+                m.running_mean.copy_(torch.rand(m.running_mean.shape, generator=g) - 0.5)
+                m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
+            else:
+                m.momentum = None  # cumulative average over the calibration passes
+    if size is not None:
+        model.train()
+        with torch.no_grad():
+            for _ in range(3):
+                model(torch.randn(4, *size, generator=g))
+    return model.eval()

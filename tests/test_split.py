@@ -8,7 +8,8 @@ import ghostnet
 from ghostnet.deploy import fuse
 from ghostnet.split import split_concats
 
-from .test_deploy import _randomise_bn, _small_size
+from .conftest import randomise_bn as _randomise_bn
+from .conftest import small_size as _small_size
 
 
 def _count(gm, target):
