@@ -18,6 +18,14 @@ from ..bench import (
     resolve_model,
     run_benchmark,
 )
+from .common import int_at_least
+
+
+def _positive_ints(text: str) -> list[int]:
+    values = [int_at_least(1)(part) for part in text.split(",") if part.strip()]
+    if not values:
+        raise argparse.ArgumentTypeError(f"expected sizes like 1,16, got {text!r}")
+    return values
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -29,7 +37,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default="ghostnet_100,timm:ghostnet_100,mobilenetv3_large_100,resnet50,ghost_resnet50",
         help="comma-separated model names",
     )
-    p.add_argument("--batch-sizes", default="1,16")
+    p.add_argument(
+        "--batch-sizes", type=_positive_ints, default=[1, 16], help="comma-separated, e.g. 1,16"
+    )
     p.add_argument(
         "--backends",
         default="eager,onnxruntime",
@@ -41,9 +51,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="comma-separated from fp32, bf16 (eager/fused/compile/openvino; CPUs with "
         "avx512_bf16 or amx_bf16), int8 (onnxruntime/openvino: ONNX Runtime static INT8)",
     )
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--repeats", type=int, default=20)
-    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--threads", type=int_at_least(1), default=2)
+    p.add_argument("--repeats", type=int_at_least(1), default=20)
+    p.add_argument("--warmup", type=int_at_least(0), default=3)
     p.add_argument("--json", metavar="FILE", help="write one record per model/backend/batch")
     p.set_defaults(run=run)
 
@@ -110,7 +120,7 @@ def ratio_lines(records: list, models: list[str], batch_sizes: list[int]) -> lis
 
 def run(args: argparse.Namespace) -> int:
     models = [m.strip() for m in args.models.split(",") if m.strip()]
-    batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
+    batch_sizes = args.batch_sizes
     backends = with_precisions(
         [b.strip() for b in args.backends.split(",") if b.strip()],
         [x.strip() for x in args.precision.split(",") if x.strip()],
