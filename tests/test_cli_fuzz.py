@@ -80,6 +80,7 @@ PROFILE_BAD = {
     "--input-size": ["0,0,0", "3,x,4"],
     "--ratio": ["0", "-2"],
     "--dw-size": ["2", "0"],
+    "--from-report": ["{junk}", "{missing}"],
 }
 BENCH_BAD = {
     "--models": ["nope_model"],

@@ -129,8 +129,10 @@ def suggested_ratios(path: str | os.PathLike) -> dict[str, int]:
         report = json.loads(path.read_text())
     except FileNotFoundError as exc:
         raise GhostnetError(f"report not found: {path}; run `ghostnet analyze` first") from exc
-    except json.JSONDecodeError as exc:
-        raise GhostnetError(f"{path}: not valid JSON ({exc})") from exc
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise GhostnetError(f"{path}: not a JSON analysis report ({exc})") from exc
+    except OSError as exc:
+        raise GhostnetError(f"{path}: cannot read the report ({exc})") from exc
     if not isinstance(report, dict) or report.get("format") != "ghostnet-analysis/1":
         raise GhostnetError(f"{path}: not a ghostnet analysis report")
     return {
