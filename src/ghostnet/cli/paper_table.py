@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
+from ..errors import GhostnetError
 from ..paper import format_table, paper_rows
 from .common import print_json
 
@@ -24,6 +26,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.results and not Path(args.results).is_dir():
+        raise GhostnetError(f"--results {args.results}: no such folder of training runs")
     rows = paper_rows(args.results)
     if args.json:
         print_json(
