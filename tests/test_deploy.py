@@ -90,6 +90,22 @@ def test_onnx_export_matches_eager_for_every_registered_model(name, tmp_path):
     assert verify_onnx(model, path, size, batch_size=1, trials=2) <= 1e-4
 
 
+def test_onnx_check_is_relative_for_large_outputs_and_catches_a_wrong_file(tmp_path):
+    pytest.importorskip("onnxruntime")
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Flatten(), nn.LazyLinear(4)).eval()
+    with torch.no_grad():
+        model(torch.randn(1, 3, 8, 8))
+        model[2].weight.mul_(1e6)  # outputs of ~1e6: float32 rounding alone is ~0.1 absolute
+    path, diff = export_onnx(model, tmp_path / "big.onnx", (3, 8, 8))
+    assert diff <= 1e-6  # in units of the output scale
+    other = copy.deepcopy(model)
+    with torch.no_grad():
+        other[0].weight.mul_(1.01)  # a 1% different model: the file does not reproduce it
+    with pytest.raises(GhostnetError, match="not faithful"):
+        verify_onnx(other, path, (3, 8, 8))
+
+
 def test_hard_sigmoid_is_one_op_and_dynamic_batch(tmp_path):
     model = ghostnet.create_model("ghostnet_050").eval()
     path, _ = export_onnx(fuse(model), tmp_path / "g.onnx", (3, 64, 64), dynamic_batch=True)

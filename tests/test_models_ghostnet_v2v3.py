@@ -4,6 +4,8 @@ fuse, ONNX export (checked in ONNX Runtime) and split run on every registered mo
 these included, in tests/test_deploy.py and tests/test_split.py.
 """
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -18,6 +20,10 @@ timm = pytest.importorskip("timm")
 V2 = ["ghostnetv2_100", "ghostnetv2_130", "ghostnetv2_160"]
 V3 = ["ghostnetv3_050", "ghostnetv3_100", "ghostnetv3_130", "ghostnetv3_160"]
 ODD_SIZES = [(97, 131), (64, 64), (32, 32)]
+
+
+def _relative_error(got: torch.Tensor, expected: torch.Tensor) -> float:
+    return ((got - expected).abs().max() / expected.abs().max()).item()
 
 
 def _calibrate(model: nn.Module, size=(64, 64)) -> nn.Module:
@@ -103,10 +109,19 @@ def test_reparameterize_equals_training_form(name):
     assert sorted(deploy.state_dict()) == sorted(
         ghostnet.create_model(name, deploy=True).state_dict()
     )
+    # The folding is checked in float64, where it is exact up to rounding (~1e-14): in
+    # float32 a random-init deep net amplifies the reassociation rounding of the folded
+    # convs to ~1e-4 of the logits (seen on ghostnetv3_160), which says nothing about
+    # the folding. The float32 deploy form must still run and agree loosely.
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         expected, got = model(x), deploy(x)
-    assert (got - expected).abs().max() <= 1e-4 * expected.abs().max()
+        assert _relative_error(got, expected) <= 1e-2
+        model64 = copy.deepcopy(model).double()
+        expected64 = model64(x.double())
+        got64 = ghostnet.reparameterize(model64)(x.double())
+    assert got64.dtype == torch.float64
+    assert _relative_error(got64, expected64) <= 1e-10
     # the deploy form costs what the folded convs cost: fewer params and MACs
     a, b = ghostnet.profile(model, (3, 64, 64)), ghostnet.profile(deploy, (3, 64, 64))
     assert b.params < a.params and b.macs < a.macs
@@ -121,23 +136,27 @@ def test_reparameterize_with_nothing_to_fold_says_so(caplog):
     assert ghostnet.reparameterize(deployed) is deployed
 
 
-@pytest.mark.xfail(
-    reason="open defect (issue 9): the 97x131 input fails this test for V2/V3 in the "
-    "full-suite run; not investigated this session",
-    strict=False,
-)
 @pytest.mark.parametrize("name", ["ghostnetv2_100", "ghostnetv3_100"])
 def test_odd_non_square_and_tiny_inputs(name):
+    """Every size runs through the model and its deploy form with the same result. The
+    equality is checked in float64: BN statistics measured at 64x64 let a random-init net
+    reach ~1e4 activations at 97x131, where float32 rounding alone differs by ~1e-2
+    relative between two exact rewrites of the same function."""
     torch.manual_seed(0)
     model = _calibrate(ghostnet.create_model(name))
     folded = fuse(model)  # V3: re-parameterized, then BN folded (DFC's BNs included)
     assert count_batchnorm(folded) == 0
+    model64 = copy.deepcopy(model).double()
+    folded64 = fuse(model64)
     for h, w in ODD_SIZES:
         x = torch.randn(1, 3, h, w)
         with torch.no_grad():
-            out = model(x)
-            assert out.shape == (1, 1000) and torch.isfinite(out).all()
-            assert (folded(x) - out).abs().max() <= 1e-4 * out.abs().max(), (h, w)
+            out, out_folded = model(x), folded(x)
+            assert out.shape == out_folded.shape == (1, 1000)
+            assert torch.isfinite(out).all() and torch.isfinite(out_folded).all()
+            expected64, got64 = model64(x.double()), folded64(x.double())
+        assert got64.dtype == torch.float64
+        assert _relative_error(got64, expected64) <= 1e-10, (h, w)
     # timm's V2/V3 cannot pool the 1x1 maps a 32x32 image reaches
     with pytest.raises(RuntimeError, match="too small"):
         timm.create_model(name).eval()(torch.randn(1, 3, 32, 32))
@@ -167,11 +186,6 @@ def test_profile_ghostify_and_analyze_on_every_new_model(name):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    reason="open defect (issue 9): a random-init V3 training form reaches ~1e7 activations "
-    "and the ONNX check's absolute 1e-4 tolerance fails",
-    strict=False,
-)
 def test_bench_on_every_new_model():
     pytest.importorskip("onnxruntime")
     from ghostnet.bench import run_benchmark

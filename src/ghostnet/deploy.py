@@ -533,7 +533,13 @@ def verify_onnx(
     trials: int = 3,
     tolerance: float = 1e-4,
 ) -> float:
-    """Max |PyTorch - ONNX Runtime| over random inputs; raises above ``tolerance``."""
+    """Max |PyTorch - ONNX Runtime| over random inputs, in units of max(1, max |output|);
+    raises above ``tolerance``.
+
+    Absolute for outputs of the usual scale, relative for large ones: float32 rounding
+    grows with the outputs (a random-init GhostNetV3 on random images reaches ~1e7), and
+    a faithful export of such a model differs by ~1e-7 of them, not by 1e-4 absolute.
+    """
     session = OnnxSession(path)
     worst = 0.0
     generator = torch.Generator().manual_seed(0)
@@ -542,11 +548,12 @@ def verify_onnx(
         x = torch.randn(batch_size, *input_size, generator=generator)
         with torch.no_grad():
             expected = model(x)
-        worst = max(worst, (session(x) - expected).abs().max().item())
+        scale = max(1.0, expected.abs().max().item())
+        worst = max(worst, (session(x) - expected).abs().max().item() / scale)
     if worst > tolerance:
         raise GhostnetError(
-            f"{path}: ONNX Runtime differs from PyTorch by {worst:.3g} (> {tolerance}); "
-            "the export is not faithful"
+            f"{path}: ONNX Runtime differs from PyTorch by {worst:.3g} of the output scale "
+            f"(> {tolerance}); the export is not faithful"
         )
     return worst
 
