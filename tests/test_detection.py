@@ -212,3 +212,24 @@ def test_train_cli_task_detection(tmp_path, capsys, cifar10_path):
     assert (tmp_path / "run" / "summary.json").exists()
     assert main(argv) == 2
     assert "already holds a run" in capsys.readouterr().err
+
+
+def test_bad_detection_data_or_model_leaves_no_folder(tmp_path, capsys):
+    """Data, model and optimizer are checked before the run folder is made."""
+    from ghostnet.cli import main
+
+    root = write_coco(tmp_path / "coco")
+    common = ["train", "--task", "detection", "--detector", "fcos", "--epochs", "1"]
+    cases = {
+        "missing_json": (
+            ["--model", "resnet20_cifar", "--data", str(tmp_path / "nothing")],
+            "instances_train2017.json",
+        ),
+        "unknown_model": (["--model", "no_such_net", "--data", str(root)], "no_such_net"),
+    }
+    for name, (extra, needle) in cases.items():
+        out = tmp_path / name
+        assert main([*common, *extra, "--out", str(out)]) == 2, name
+        err = capsys.readouterr().err
+        assert needle in err and "Traceback" not in err, (name, err)
+        assert not out.exists(), name

@@ -137,8 +137,6 @@ def fit_detection(
         raise GhostnetError(f"{resume} is not a detection checkpoint; resume it with its own task")
     if checkpoint is None and (out / "last.pt").exists():
         raise GhostnetError(f"{out} already holds a run (last.pt); resume it or pick a new --out")
-    out.mkdir(parents=True, exist_ok=True)
-    remove_stale_temp_files(out)
     classes = checkpoint["classes"] if checkpoint else None
     train_split = open_split(config.data, "train", classes)
     val_split = open_split(config.data, "val", train_split.classes)
@@ -165,6 +163,10 @@ def fit_detection(
     steps_per_epoch = math.ceil(len(train_set) / config.batch_size)
     optimizer = build_optimizer(model, config)
     scheduler = build_scheduler(optimizer, config, steps_per_epoch)
+    # the folder only once data, model and optimizer are known to work: a bad --data or
+    # --model leaves nothing behind
+    out.mkdir(parents=True, exist_ok=True)
+    remove_stale_temp_files(out)
     epoch, step_in_epoch, global_step, history = 0, 0, 0, []
     best = {"mAP": -1.0, "epoch": -1}
     elapsed = 0.0

@@ -159,27 +159,33 @@ def _init_weights(model: nn.Module) -> None:
             nn.init.zeros_(module.bias)
 
 
-def _ghostnet(width: float) -> Callable[..., GhostNet]:
-    def build(**kwargs: Any) -> GhostNet:
-        return GhostNet(width=width, **kwargs)
+def register_widths(
+    family: str,
+    build: Callable[..., GhostNet],
+    widths: dict[str, float],
+    title: str,
+    note: str,
+) -> None:
+    """Register one ImageNet GhostNet family: a name per published width (``build`` with
+    that width fixed, e.g. ``ghostnet_100``) and ``family`` itself, which takes ``width=W``."""
 
-    build.__doc__ = f"GhostNet-{width}x (paper Table 1, width multiplier {width})."
-    return build
+    def fixed(width: float) -> Callable[..., GhostNet]:
+        def build_at_width(**kwargs: Any) -> GhostNet:
+            return build(width=width, **kwargs)
+
+        build_at_width.__doc__ = f"{title}-{width}x ({note})."
+        return build_at_width
+
+    common = dict(input_size=(3, 224, 224), num_classes=1000, classifier="classifier")
+    for name, width in widths.items():
+        register(name, **common, description=f"{title} {width}x ({note})")(fixed(width))
+    register(family, **common, description=f"{title} with any width=W (default 1.0)")(build)
 
 
-for _name, _width in (("ghostnet_050", 0.5), ("ghostnet_100", 1.0), ("ghostnet_130", 1.3)):
-    register(
-        _name,
-        input_size=(3, 224, 224),
-        num_classes=1000,
-        classifier="classifier",
-        description=f"GhostNet {_width}x (paper Table 1; timm/official key layout)",
-    )(_ghostnet(_width))
-
-register(
+register_widths(
     "ghostnet",
-    input_size=(3, 224, 224),
-    num_classes=1000,
-    classifier="classifier",
-    description="GhostNet with any width=W (default 1.0)",
-)(GhostNet)
+    GhostNet,
+    {"ghostnet_050": 0.5, "ghostnet_100": 1.0, "ghostnet_130": 1.3},
+    "GhostNet",
+    "paper Table 1; timm/official key layout",
+)

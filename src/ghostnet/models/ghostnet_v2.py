@@ -8,14 +8,12 @@ checkpoints' too, once ``module.`` prefixes are stripped).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from torch import nn
 
 from ..layers import GhostModuleV2
-from .ghostnet import GhostNet, v1_block
-from .registry import register
+from .ghostnet import GhostNet, register_widths, v1_block
 
 FIRST_DFC_LAYER = 2  # blocks 0 and 1 (112x112 and the first stride 2) keep plain ghost1
 
@@ -43,27 +41,10 @@ def ghostnetv2(width: float = 1.0, **kwargs: Any) -> GhostNet:
     return GhostNet(width=width, block=v2_block, **kwargs)
 
 
-def _ghostnetv2(width: float) -> Callable[..., GhostNet]:
-    def build(**kwargs: Any) -> GhostNet:
-        return ghostnetv2(width, **kwargs)
-
-    build.__doc__ = f"GhostNetV2-{width}x (GhostNet table, DFC attention)."
-    return build
-
-
-for _name, _width in (("ghostnetv2_100", 1.0), ("ghostnetv2_130", 1.3), ("ghostnetv2_160", 1.6)):
-    register(
-        _name,
-        input_size=(3, 224, 224),
-        num_classes=1000,
-        classifier="classifier",
-        description=f"GhostNetV2 {_width}x (DFC attention; timm/official key layout)",
-    )(_ghostnetv2(_width))
-
-register(
+register_widths(
     "ghostnetv2",
-    input_size=(3, 224, 224),
-    num_classes=1000,
-    classifier="classifier",
-    description="GhostNetV2 with any width=W (default 1.0)",
-)(ghostnetv2)
+    ghostnetv2,
+    {"ghostnetv2_100": 1.0, "ghostnetv2_130": 1.3, "ghostnetv2_160": 1.6},
+    "GhostNetV2",
+    "DFC attention; timm/official key layout",
+)

@@ -9,16 +9,14 @@ builds the training form, whose keys load timm's ``ghostnetv3_*`` weights;
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from functools import partial
 from typing import Any
 
 from torch import nn
 
 from ..layers import GhostBottleneckV3
-from .ghostnet import GhostNet
+from .ghostnet import GhostNet, register_widths
 from .ghostnet_v2 import FIRST_DFC_LAYER
-from .registry import register
 
 
 def v3_block(
@@ -53,32 +51,10 @@ def ghostnetv3(width: float = 1.0, deploy: bool = False, **kwargs: Any) -> Ghost
     return GhostNet(width=width, block=partial(v3_block, deploy=deploy), **kwargs)
 
 
-def _ghostnetv3(width: float) -> Callable[..., GhostNet]:
-    def build(**kwargs: Any) -> GhostNet:
-        return ghostnetv3(width, **kwargs)
-
-    build.__doc__ = f"GhostNetV3-{width}x (GhostNet table, re-parameterizable blocks)."
-    return build
-
-
-for _name, _width in (
-    ("ghostnetv3_050", 0.5),
-    ("ghostnetv3_100", 1.0),
-    ("ghostnetv3_130", 1.3),
-    ("ghostnetv3_160", 1.6),
-):
-    register(
-        _name,
-        input_size=(3, 224, 224),
-        num_classes=1000,
-        classifier="classifier",
-        description=f"GhostNetV3 {_width}x (re-parameterizable; deploy=True for the folded form)",
-    )(_ghostnetv3(_width))
-
-register(
+register_widths(
     "ghostnetv3",
-    input_size=(3, 224, 224),
-    num_classes=1000,
-    classifier="classifier",
-    description="GhostNetV3 with any width=W (default 1.0), deploy=True for the folded form",
-)(ghostnetv3)
+    ghostnetv3,
+    {"ghostnetv3_050": 0.5, "ghostnetv3_100": 1.0, "ghostnetv3_130": 1.3, "ghostnetv3_160": 1.6},
+    "GhostNetV3",
+    "re-parameterizable; deploy=True for the folded form",
+)
