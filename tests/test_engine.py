@@ -504,3 +504,34 @@ def test_ema_copies_integer_buffers():
     assert ema.module.layout.tolist() == [14, 6, 10]
     assert ema.module[1].num_batches_tracked.item() == 3
     assert not torch.equal(ema.module[1].running_mean, model[1].running_mean)  # averaged
+
+
+def test_compile_trains_saves_plain_keys_and_resumes(small_data, tmp_path, monkeypatch):
+    """--compile: the compiled module trains, checkpoints hold the plain model's keys (no
+    ``_orig_mod.``), and a compiled run resumes. Inductor's C++ build takes minutes on 2
+    cores, so the test compiles with the ``aot_eager`` backend (same tracing, autograd and
+    graph breaks, no code generation); benchmarks/trainer_throughput.py --compile runs the
+    real inductor path."""
+    import ghostnet.engine as engine
+
+    compiled: list[torch.nn.Module] = []
+    real_compile = torch.compile
+
+    def compile_for_test(model, **kwargs):
+        compiled.append(model)
+        return real_compile(model, backend="aot_eager", **kwargs)
+
+    monkeypatch.setattr(engine.torch, "compile", compile_for_test)
+    plain, fast = tmp_path / "plain", tmp_path / "compiled"
+    fit(_small_config(small_data, plain, epochs=2))
+    fit(_small_config(small_data, fast, epochs=2, compile=True))
+    assert len(compiled) == 1
+    a, b = read_checkpoint(plain / "last.pt"), read_checkpoint(fast / "last.pt")
+    assert list(a["model"]) == list(b["model"])  # the plain model's keys, in its order
+    # the same training up to float reassociation in the traced graph
+    for name, value in a["model"].items():
+        if value.is_floating_point():
+            assert torch.allclose(value, b["model"][name], rtol=1e-3, atol=1e-4), name
+    fit(_small_config(small_data, fast, epochs=3, compile=True), resume=fast / "last.pt")
+    assert len(compiled) == 2
+    assert [h["epoch"] for h in read_checkpoint(fast / "last.pt")["history"]] == [1, 2, 3]
