@@ -30,7 +30,7 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument(
         "--backends",
-        default="fused,onnxruntime,onnxruntime-split,onnxruntime-int8,openvino,openvino-int8",
+        default="fused,compile,onnxruntime,onnxruntime-split,onnxruntime-int8,openvino,openvino-int8",
     )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
