@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -99,9 +100,10 @@ def main() -> int:
     args = parser.parse_args()
     backends = [b for b in args.backends.split(",") if has_bf16() or "bf16" not in b]
     batches = [int(b) for b in args.batch_sizes.split(",")]
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     header = (
         f"CPU: {lscpu_summary()}; flags: {' '.join(cpu_flags())}; {args.threads} threads; "
-        f"medians of {args.repeats} interleaved repeats (shared machine: other jobs ran too)"
+        f"medians of {args.repeats} interleaved repeats; load average at start {load}"
     )
     print(header, flush=True)
     records = run_benchmark(
