@@ -8,6 +8,7 @@ conv + BN + ReLU it replaces, on every deploy backend and precision (same harnes
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import tempfile
 import time
@@ -58,7 +59,8 @@ def main() -> int:
     print(
         f"1x1 Ghost module {c}->{c}, s={args.ratio}, {args.size}x{args.size}, batch "
         f"{args.batch}, {args.threads} threads; CPU flags {' '.join(cpu_flags())}; medians of "
-        f"{args.repeats} interleaved repeats (shared machine)"
+        f"{args.repeats} interleaved repeats; load average at the end "
+        f"{', '.join(f'{x:.2f}' for x in os.getloadavg())}"
     )
     print(f"{'backend':<20} {'plain ms':>9} {'ghost ms':>9} {'speed-up':>9}")
     for backend in backends:

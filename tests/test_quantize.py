@@ -145,7 +145,9 @@ def test_export_int8_and_eval_cli(real_checkpoint, tmp_path, capsys):
         code = main(
             ["eval", "--backend", "onnxruntime", str(out), "--data", str(test_data), "--json"]
         )
-        results[kind] = json.loads(capsys.readouterr().out)["top1"]
+        record = json.loads(capsys.readouterr().out)
+        assert record["precision"] == kind  # what the file computes in
+        results[kind] = record["top1"]
     assert abs(results["int8"] - results["fp32"]) <= TOP1_TOLERANCE, results
     meta = OnnxSession(tmp_path / "int8.onnx").metadata
     assert meta["int8"]["calibration_batches"] == 13 and meta["preset"]["input_size"] == 32

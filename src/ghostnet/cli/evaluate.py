@@ -73,7 +73,11 @@ def _load(args: argparse.Namespace) -> tuple[torch.nn.Module, dict, Preset, str]
                 "training checkpoint: ghostnet export --checkpoint best.pt"
             )
         kind = "int8" if "int8" in meta else "fp32"
-        info = {"classes": meta["classes"], "model_spec": meta.get("model_spec", {})}
+        info = {
+            "classes": meta["classes"],
+            "model_spec": meta.get("model_spec", {}),
+            "onnx_precision": kind,  # what the file computes in, not a torch flag
+        }
         label = f"{args.onnx_file} (ONNX Runtime, {kind})"
         return OnnxClassifier(session), info, Preset.from_dict(meta["preset"]), label
     if args.onnx_file:
@@ -121,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
         result["classes"] = source.classes
         result["checkpoint"] = str(args.checkpoint or args.onnx_file)
         result["backend"] = args.backend
-        result["precision"] = args.precision
+        result["precision"] = checkpoint.get("onnx_precision", args.precision)
         print_json(result)
         return 0
     print(f"{label} on {source.description}: {result['count']} images")
