@@ -15,9 +15,11 @@ def plot_curves(history: list[dict[str, Any]], path: str | Path, title: str = ""
 
     epochs = [h["epoch"] for h in history]
     fig, (ax_loss, ax_acc, ax_lr) = plt.subplots(1, 3, figsize=(14, 4), constrained_layout=True)
-    ax_loss.plot(epochs, [h["train_loss"] for h in history], marker="o", label="train")
-    ax_loss.plot(epochs, [h["eval_loss"] for h in history], marker="o", label="eval")
-    ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
+    ax_loss.plot(epochs, [h["train_loss"] for h in history], marker="o", label="train objective")
+    ax_loss.plot(epochs, [h["eval_loss"] for h in history], marker="o", label="eval cross-entropy")
+    # the training objective is cross-entropy only without a teacher and mixing: KD adds
+    # its T^2-scaled KL term, so the two curves need not share a scale
+    ax_loss.set(xlabel="epoch", ylabel="loss", title="loss")
     ax_acc.plot(epochs, [h["train_top1"] for h in history], marker="o", label="train top-1")
     ax_acc.plot(epochs, [h["eval_top1"] for h in history], marker="o", label="eval top-1")
     ax_acc.plot(epochs, [h["eval_top5"] for h in history], marker=".", ls="--", label="eval top-5")
