@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import statistics
 import time
 from pathlib import Path
@@ -58,17 +59,25 @@ def main() -> int:
     p.add_argument("--lr", type=float, default=0.01)
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--resume", action="store_true")
+    p.add_argument(
+        "--backbones",
+        default=",".join(BACKBONES),
+        help="comma-separated; run one per process to train them side by side",
+    )
+    p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", default=None)
     p.add_argument(
         "--measure-only", action="store_true", help="params/MACs/latency of untrained detectors"
     )
     args = p.parse_args()
-    torch.set_num_threads(2)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    torch.set_num_threads(args.threads)
+    chosen = tuple(b for b in args.backbones.split(",") if b)
     results = []
     if args.measure_only:
         from ghostnet.detection import create_detector
 
-        for backbone in BACKBONES:
+        for backbone in chosen:
             model = create_detector(args.detector, backbone, num_classes=10, image_size=256)
             row = {"backbone": backbone, "detector": args.detector, "trained": False}
             row.update(measure(model, 256, args.repeats))
@@ -76,7 +85,7 @@ def main() -> int:
             print(json.dumps(row), flush=True)
         backbones: tuple[str, ...] = ()
     else:
-        backbones = BACKBONES
+        backbones = chosen
     for backbone in backbones:
         out = Path(args.out) / backbone.replace(":", "_")
         train_images = len(open_split(args.data, "train").image_ids)

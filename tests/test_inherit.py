@@ -210,3 +210,45 @@ def test_analysis_of_an_inherited_layer_follows_its_output_order():
         ghosts = layer["channels"] - math.ceil(layer["channels"] / ratio)
         assert layer["ghost_layer"]["ghost_maps"] == ghosts
         assert layer["ghost_layer"]["designated_error_median"] < 1e-3
+
+
+def test_refine_keeps_exact_planted_ghosts():
+    """Refinement starts from exact fits: it may not make them worse (it keeps the better)."""
+    model = planted_model()
+    converted = ghostify(model, PLANTED_RATIOS, 3, inherited=True)
+    fits = inherit_weights(model, converted, ["c1", "c2"], calibration(), refine_steps=20)
+    x = torch.randn(4, 3, 12, 12)
+    with torch.no_grad():
+        assert (model(x) - converted.eval()(x)).abs().max() < 1e-4
+    for fit in fits:
+        assert fit.output_error_before < 1e-8 and fit.output_error_after <= fit.output_error_before
+
+
+def test_refine_lowers_the_output_error_of_a_conv_without_ghosts():
+    """A random conv has no exact ghosts: the least-squares start leaves an error that the
+    joint refinement of primary and cheap filters must lower, on the calibration images and
+    on images it never saw."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 16, 3, padding=1)
+    ).eval()
+    images, unseen = calibration(64, seed=1), calibration(32, seed=2)
+
+    def unseen_error(converted: nn.Module) -> float:
+        with torch.no_grad():
+            target, got = model(unseen), converted.eval()(unseen)
+        return float((got - target).pow(2).sum() / (target - target.mean()).pow(2).sum())
+
+    plain = ghostify(model, {"3": 2}, 3, inherited=True)
+    inherit_weights(model, plain, ["3"], images)
+    refined = ghostify(model, {"3": 2}, 3, inherited=True)
+    (fit,) = inherit_weights(model, refined, ["3"], images, refine_steps=200)
+    assert fit.output_error_after < 0.9 * fit.output_error_before
+    assert unseen_error(refined) < 0.9 * unseen_error(plain)
+
+
+def test_refine_needs_the_converted_fits():
+    model = planted_model()
+    converted = ghostify(model, PLANTED_RATIOS, 3, inherited=True)
+    with pytest.raises(GhostnetError, match="refine_steps"):
+        inherit_weights(model, converted, ["c1"], calibration(), fit_on="original", refine_steps=5)

@@ -105,3 +105,26 @@ def test_hash_verification(tmp_path, monkeypatch):
     (tmp_path / "weights" / PRETRAINED["ghostnet_100"].filename).write_bytes(b"tampered")
     with pytest.raises(GhostnetError, match="SHA-256"):
         fetch_pretrained("ghostnet_100")
+
+
+def test_checkpoint_reader_names_a_damaged_safetensors_and_a_folder(tmp_path):
+    """A truncated .safetensors is called damaged (not 'bare weights'); a folder given as a
+    checkpoint is called a folder, with its best.pt suggested when it has one."""
+    from safetensors.torch import save_file
+
+    from ghostnet.checkpoint import read_checkpoint
+
+    whole = tmp_path / "w.safetensors"
+    save_file({"a": torch.zeros(64, 64)}, str(whole))
+    cut = tmp_path / "cut.safetensors"
+    cut.write_bytes(whole.read_bytes()[:100])
+    with pytest.raises(GhostnetError, match="not a readable safetensors file"):
+        read_checkpoint(cut)
+    with pytest.raises(GhostnetError, match="bare weights"):
+        read_checkpoint(whole)
+    (tmp_path / "run").mkdir()
+    with pytest.raises(GhostnetError, match="is a folder; give a checkpoint file$"):
+        read_checkpoint(tmp_path / "run")
+    (tmp_path / "run" / "best.pt").write_bytes(b"x")
+    with pytest.raises(GhostnetError, match="such as .*best.pt"):
+        read_checkpoint(tmp_path / "run")

@@ -51,6 +51,7 @@ class CompressOptions:
     calibration_images: int = 256
     bn_images: int = 2048  # re-estimate BN statistics on this many training images (0: off)
     fit_on: str = "converted"
+    refine_steps: int = 0  # layer-wise reconstruction steps per layer after the fits (0: off)
     epochs: int = 3
     recipe: str | None = "cifar-fast"
     lr: float = 0.01
@@ -164,6 +165,24 @@ def reestimate_bn(model: nn.Module, images: torch.Tensor, batch_size: int = 128)
             m.momentum = momentum
         model.eval()
     return len(norms)
+
+
+@torch.no_grad()
+def teacher_kl(
+    student: nn.Module, teacher: nn.Module, images: torch.Tensor, batch_size: int = 128
+) -> float:
+    """Mean KL(teacher || student) of the softmax outputs over ``images`` (eval mode)."""
+    student.eval()
+    teacher.eval()
+    device = next(student.parameters()).device
+    total = 0.0
+    for start in range(0, len(images), batch_size):
+        batch = images[start : start + batch_size].to(device)
+        target = torch.log_softmax(teacher(batch).float(), dim=1)
+        guess = torch.log_softmax(student(batch).float(), dim=1)
+        kl = torch.nn.functional.kl_div(guess, target, log_target=True, reduction="sum")
+        total += float(kl)
+    return total / max(len(images), 1)
 
 
 def _evaluate(
@@ -281,7 +300,14 @@ def compress(options: CompressOptions) -> dict[str, Any]:
     torch.manual_seed(options.seed)
     converted = ghostify(model, **ghost_options)
     names = [n for n, m in converted.named_modules() if isinstance(m, GhostConv2d)]
-    fits = inherit_weights(model, converted, names, images.to(device), fit_on=options.fit_on)
+    fits = inherit_weights(
+        model,
+        converted,
+        names,
+        images.to(device),
+        fit_on=options.fit_on,
+        refine_steps=options.refine_steps,
+    )
     converted.eval()
     inherit_s = time.perf_counter() - start
     counts_before, counts_after = profile(model, size), profile(converted, size)
@@ -300,11 +326,31 @@ def compress(options: CompressOptions) -> dict[str, Any]:
         start = time.perf_counter()
         bn_count = min(options.bn_images, len(source.train))
         bn_batch = calibration_images(source.train, preset, bn_count, options.seed + 1)
+        # which BN statistics to keep is decided on other *training* images (the KL to the
+        # original's predictions, no labels), never on the test set the top-1 reports
+        held_out = calibration_images(
+            source.train, preset, min(512, len(source.train)), options.seed + 2
+        )
+        fitted_stats = {k: v.clone() for k, v in converted.state_dict().items()}
+        kl_fitted = teacher_kl(converted, model, held_out)
         if reestimate_bn(converted, bn_batch):
             bn_s = time.perf_counter() - start
             reestimated = _evaluate(converted, eval_set, options, device)
             reestimated["images"] = len(bn_batch)
-            log.info("top-1 with BN statistics re-estimated: %.2f", reestimated["top1"])
+            reestimated["teacher_kl"] = teacher_kl(converted, model, held_out)
+            reestimated["teacher_kl_fitted"] = kl_fitted
+            reestimated["kept"] = reestimated["teacher_kl"] < kl_fitted
+            if not reestimated["kept"]:
+                converted.load_state_dict(fitted_stats)
+            log.info(
+                "top-1 with BN statistics re-estimated: %.2f (KL to the original on %d other "
+                "training images: %.4f re-estimated vs %.4f fitted; keeping %s)",
+                reestimated["top1"],
+                len(held_out),
+                reestimated["teacher_kl"],
+                kl_fitted,
+                "re-estimated" if reestimated["kept"] else "the fitted model's statistics",
+            )
 
     # 3. training-format checkpoints: the inherited student, and the teacher if it has none
     out.mkdir(parents=True, exist_ok=True)
@@ -368,6 +414,9 @@ def compress(options: CompressOptions) -> dict[str, Any]:
             "top1_bn_reestimated": reestimated["top1"] if reestimated else None,
             "top5_bn_reestimated": reestimated["top5"] if reestimated else None,
             "bn_images": reestimated["images"] if reestimated else 0,
+            "bn_reestimate_kept": reestimated["kept"] if reestimated else False,
+            "teacher_kl_fitted": reestimated["teacher_kl_fitted"] if reestimated else None,
+            "teacher_kl_bn_reestimated": reestimated["teacher_kl"] if reestimated else None,
             "params": counts_after.params,
             "macs": counts_after.macs,
         },
@@ -377,6 +426,7 @@ def compress(options: CompressOptions) -> dict[str, Any]:
         "converted_layers": len(fits),
         "calibration_images": len(images),
         "fit_on": options.fit_on,
+        "refine_steps": options.refine_steps,
         "eval_images": before["count"],
         "wall_s": {
             "inherit": inherit_s,
@@ -396,6 +446,8 @@ def compress(options: CompressOptions) -> dict[str, Any]:
                 "mean_error": f.mean_error,
                 "median_error": f.median_error,
                 "max_error": max(f.errors, default=0.0),
+                "output_error_before_refine": f.output_error_before,
+                "output_error_after_refine": f.output_error_after,
                 "seconds": f.seconds,
             }
             for f in fits

@@ -461,9 +461,9 @@ def resolve_resume(
         flag = "--" + f.name.replace("_", "-")
         if policy == "fixed":
             raise GhostnetError(
-                f"cannot resume from {path} with {flag} {getattr(config, f.name)!r}: the run "
-                f"was trained with {f.name}={getattr(saved, f.name)!r}; drop the flag, or "
-                "start a new run with a new --out"
+                f"cannot resume from {path} with {flag} {_shown(getattr(config, f.name))}: the "
+                f"run was trained with {f.name}={_shown(getattr(saved, f.name))}; drop the "
+                "flag, or start a new run with a new --out"
             )
         if policy == "replan":
             replan = True
@@ -471,6 +471,15 @@ def resolve_resume(
     if replan:
         log.info("resume: the LR schedule is re-planned for the new values from the current step")
     return config, replan
+
+
+def _shown(value: Any) -> str:
+    """A config value as a user typed it: dicts without their unset entries, None as unset."""
+    if value is None:
+        return "(unset)"
+    if isinstance(value, dict):
+        return ",".join(f"{k}={v}" for k, v in value.items() if v is not None)
+    return repr(value)
 
 
 # --------------------------------------------------------------------- state

@@ -52,6 +52,10 @@ class LayerFit:
     sources: list[int]  # for each ghost, the original index of the map it is made from
     errors: list[float]  # for each ghost, relative error 1 - R^2 of its fit
     seconds: float
+    # relative error of the whole layer's output (all n maps) vs the original conv's, on
+    # the calibration images, before and after reconstruction (None: not refined)
+    output_error_before: float | None = None
+    output_error_after: float | None = None
 
     @property
     def mean_error(self) -> float:
@@ -136,6 +140,84 @@ def _output_of(model: nn.Module, name: str, images: torch.Tensor, batch_size: in
         handle.remove()
         model.train(was_training)
     return torch.cat(outputs)
+
+
+@torch.no_grad()
+def _input_of(model: nn.Module, name: str, images: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """The input of submodule ``name`` over ``images`` (eval mode), on the CPU, float32."""
+    module = model.get_submodule(name)
+    inputs: list[torch.Tensor] = []
+
+    def hook(_module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+        inputs.append(args[0].detach().float().cpu())
+        raise _Stop
+
+    handle = module.register_forward_pre_hook(hook)
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    try:
+        for start in range(0, len(images), batch_size):
+            with contextlib.suppress(_Stop):
+                model(images[start : start + batch_size].to(device))
+    finally:
+        handle.remove()
+        model.train(was_training)
+    return torch.cat(inputs)
+
+
+def _relative_error(layer: nn.Module, inputs: torch.Tensor, target: torch.Tensor) -> float:
+    """||layer(inputs) - target||^2 / ||target - mean||^2 over all maps and images."""
+    with torch.no_grad():
+        residual = sum(
+            (layer(inputs[i : i + 64]) - target[i : i + 64]).pow(2).sum()
+            for i in range(0, len(inputs), 64)
+        )
+        spread = (target - target.mean(dim=(0, 2, 3), keepdim=True)).pow(2).sum()
+    return float(residual / spread.clamp_min(1e-12))
+
+
+def refine_layer(
+    ghost: GhostConv2d,
+    inputs: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    steps: int,
+    lr: float = 1e-3,
+    batch_size: int = 64,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Layer-wise reconstruction: Adam on the inherited Ghost layer's weights (primary conv
+    and cheap op together) so that ``ghost(inputs)`` matches the original conv's output
+    ``target`` (mean squared error). The least-squares start fits each ghost from one
+    intrinsic map with the primary filters frozen; letting the primary filters move too lets
+    the ``m`` kept maps serve the ghosts as well as themselves, which the per-pair fits
+    cannot. Returns the layer's relative output error before and after."""
+    before = _relative_error(ghost, inputs, target)
+    params = [p for p in ghost.parameters() if p.requires_grad]
+    if steps <= 0 or not params:
+        return before, before
+    optimizer = torch.optim.Adam(params, lr=lr)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
+    generator = torch.Generator().manual_seed(seed)
+    scale = target.var().clamp_min(1e-12)
+    snapshot = {k: v.detach().clone() for k, v in ghost.state_dict().items()}
+    was_training = ghost.training
+    ghost.train()
+    with torch.enable_grad():
+        for _ in range(steps):
+            pick = torch.randint(len(inputs), (min(batch_size, len(inputs)),), generator=generator)
+            loss = (ghost(inputs[pick]) - target[pick]).pow(2).mean() / scale
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+    ghost.train(was_training)
+    after = _relative_error(ghost, inputs, target)
+    if not after < before:  # never hand back a worse layer than the least-squares one
+        ghost.load_state_dict(snapshot)
+        after = before
+    return before, after
 
 
 def execution_order(model: nn.Module, names: Sequence[str], sample: torch.Tensor) -> list[str]:
@@ -237,9 +319,15 @@ def inherit_weights(
     batch_size: int = 64,
     max_positions: int = 16384,
     seed: int = 0,
+    refine_steps: int = 0,
 ) -> list[LayerFit]:
     """Fill every inherited Ghost layer ``names`` of ``converted`` from the convs of the same
-    names in ``original`` (left unchanged), layer by layer in execution order."""
+    names in ``original`` (left unchanged), layer by layer in execution order.
+    ``refine_steps > 0`` (with ``fit_on="converted"``) then refines each layer by
+    :func:`refine_layer` on its input in the partially converted network, before the next
+    layer is fitted, so later layers see (and absorb) what is left of its error."""
+    if refine_steps > 0 and fit_on != "converted":
+        raise GhostnetError('refine_steps needs fit_on="converted" (the inputs it refines on)')
     if fit_on not in FIT_ON:
         raise GhostnetError(f"fit_on must be one of {', '.join(FIT_ON)}, got {fit_on!r}")
     images = calibration_tensor(calibration)
@@ -262,6 +350,19 @@ def inherit_weights(
             fit = inherit_layer(
                 conv, ghost, source, target, max_positions=max_positions, seed=seed, name=name
             )
+            if refine_steps > 0:
+                start = time.perf_counter()
+                inputs = _input_of(converted, name, images, batch_size)
+                device = next(ghost.parameters()).device
+                fit.output_error_before, fit.output_error_after = refine_layer(
+                    ghost,
+                    inputs.to(device),
+                    target.to(device),
+                    steps=refine_steps,
+                    batch_size=batch_size,
+                    seed=seed,
+                )
+                fit.seconds += time.perf_counter() - start
         else:
             fit = inherit_layer(
                 conv, ghost, target, None, max_positions=max_positions, seed=seed, name=name

@@ -168,6 +168,10 @@ def _unwrap(obj: object, path: Path, ema: bool | None = None) -> StateDict:
 def safe_torch_load(path: str | os.PathLike) -> object:
     """``torch.load(weights_only=True)`` with one clear line for every way it can fail."""
     path = Path(path)
+    if path.is_dir():
+        best = path / "best.pt"
+        hint = f" such as {best}" if best.is_file() else ""
+        raise GhostnetError(f"{path} is a folder; give a checkpoint file{hint}")
     if not path.is_file():
         raise GhostnetError(f"file not found: {path}")
     if path.stat().st_size == 0:
@@ -192,6 +196,16 @@ def safe_torch_load(path: str | os.PathLike) -> object:
 
 def _not_a_checkpoint(path: Path, exc: Exception | str) -> GhostnetError:
     if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        try:  # a readable header: bare weights; else the file itself is damaged
+            with safe_open(str(path), framework="pt") as f:
+                f.keys()
+        except Exception as damaged:
+            return GhostnetError(
+                f"{path}: not a readable safetensors file ({damaged}); truncated or corrupt? "
+                "Download or save it again"
+            )
         return GhostnetError(
             f"{path}: a .safetensors file holds bare weights, not a training checkpoint; give "
             "a run's last.pt/best.pt, or rebuild the model with --model NAME --pretrained PATH "

@@ -16,7 +16,7 @@ import sys
 from ..compress import CompressOptions, compress
 from ..config import RECIPES
 from ..inherit import FIT_ON
-from .common import parse_kwargs, print_json
+from .common import int_at_least, parse_kwargs, print_json
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -64,6 +64,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="fit each layer on the partially converted network (default) or the original",
     )
     p.add_argument(
+        "--refine-steps",
+        type=int_at_least(0),
+        default=0,
+        metavar="N",
+        help="after the least-squares fits, N Adam steps per layer matching the original "
+        "conv's output on the calibration images (layer-wise reconstruction; 0: off)",
+    )
+    p.add_argument(
         "--epochs", type=int, default=3, help="distillation epochs (0: inherit and evaluate only)"
     )
     p.add_argument("--recipe", default="cifar-fast", choices=sorted(RECIPES))
@@ -99,6 +107,7 @@ def run(args: argparse.Namespace) -> int:
         calibration_images=args.calibration_images,
         bn_images=args.bn_images,
         fit_on=args.fit_on,
+        refine_steps=args.refine_steps,
         epochs=args.epochs,
         recipe=args.recipe,
         lr=args.lr,
@@ -128,8 +137,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"{'original':<34} {o['top1']:>7.2f} {o['params']:>10,} {o['macs']:>13,}")
     print(f"{'inherited, 0 epochs':<34} {i['top1']:>7.2f} {i['params']:>10,} {i['macs']:>13,}")
     if i["top1_bn_reestimated"] is not None:
+        kept = "kept" if i.get("bn_reestimate_kept") else "not kept: higher KL to the original"
         label = "  + BN statistics re-estimated"
-        print(f"{label:<34} {i['top1_bn_reestimated']:>7.2f}")
+        print(f"{label:<34} {i['top1_bn_reestimated']:>7.2f}   ({kept})")
     if d is not None:
         label = f"distilled, {d['epochs']} epochs"
         print(f"{label:<34} {d['top1']:>7.2f} {i['params']:>10,} {i['macs']:>13,}")

@@ -134,7 +134,8 @@ def run(args: argparse.Namespace) -> int:
         if args.recipe is not None and args.recipe != saved.get("recipe"):
             raise GhostnetError(
                 f"cannot resume with --recipe {args.recipe}: the run used "
-                f"{saved.get('recipe')}; drop --recipe when resuming"
+                f"{'--recipe ' + saved['recipe'] if saved.get('recipe') else 'no recipe'}; "
+                "drop --recipe when resuming"
             )
         known = {f.name for f in dataclasses.fields(TrainConfig)}
         values = {k: v for k, v in saved.items() if k in known}

@@ -199,6 +199,7 @@ def fit_detection(
         }
 
     started = time.perf_counter()
+    first_step = global_step
     last_eval: dict[str, Any] | None = None
     while epoch < config.epochs:
         model.train()
@@ -229,6 +230,19 @@ def fit_detection(
                 sums[k] = sums.get(k, 0.0) + v.item()
             step_in_epoch += 1
             global_step += 1
+            if not config.quiet and step_in_epoch % config.log_every == 0:
+                seconds = time.perf_counter() - started
+                log.info(
+                    "epoch %d/%d step %d/%d  loss %.4f (%s)  %.1f img/s  lr %.3g",
+                    epoch + 1,
+                    config.epochs,
+                    step_in_epoch,
+                    steps_per_epoch,
+                    sum(sums.values()) / step_in_epoch,
+                    " ".join(f"{k} {v / step_in_epoch:.3f}" for k, v in sums.items()),
+                    (global_step - first_step) * config.batch_size / max(seconds, 1e-9),
+                    optimizer.param_groups[0]["lr"],
+                )
             if config.checkpoint_every and global_step % config.checkpoint_every == 0:
                 _save(out, ("last.pt",), state())
             if max_steps is not None and global_step >= max_steps:
