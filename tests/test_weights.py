@@ -123,8 +123,8 @@ def test_checkpoint_reader_names_a_damaged_safetensors_and_a_folder(tmp_path):
     with pytest.raises(GhostnetError, match="bare weights"):
         read_checkpoint(whole)
     (tmp_path / "run").mkdir()
-    with pytest.raises(GhostnetError, match="is a folder; give a checkpoint file$"):
+    with pytest.raises(GhostnetError, match=r"is a folder; give a checkpoint file$"):
         read_checkpoint(tmp_path / "run")
     (tmp_path / "run" / "best.pt").write_bytes(b"x")
-    with pytest.raises(GhostnetError, match="such as .*best.pt"):
+    with pytest.raises(GhostnetError, match=r"such as .*best\.pt"):
         read_checkpoint(tmp_path / "run")

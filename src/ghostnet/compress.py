@@ -107,11 +107,17 @@ def load_original(options: CompressOptions) -> Original:
     return Original(model.eval(), spec, None, None, None)
 
 
+RUN_FILES = ("summary.json", "inherited.pt", "last.pt", "best.pt", "distill")
+
+
 def _check_out(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise GhostnetError(f"--out {out} is an existing file; give a folder path")
-    if (out / "summary.json").exists() or (out / "inherited.pt").exists():
-        raise GhostnetError(f"--out {out} already holds a compress run; choose a new --out")
+    held = [n for n in RUN_FILES if (out / n).exists()]
+    if held:
+        raise GhostnetError(
+            f"--out {out} already holds a run ({', '.join(held)}); choose a new --out"
+        )
 
 
 def _dataset(split: Any, preset: Preset, subset: int | None, seed: int) -> ImageDataset:

@@ -59,6 +59,22 @@ def float_between(low: float, high: float):
     return parse
 
 
+def float_above(low: float):
+    """An argparse type: a finite float > ``low``."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not (value > low and value < float("inf")):  # also false for nan
+            raise argparse.ArgumentTypeError(f"must be a finite number > {low:g}, got {text}")
+        return value
+
+    parse.__name__ = f"number > {low:g}"
+    return parse
+
+
 def parse_kwargs(items: list[str] | None) -> dict[str, Any]:
     """``["width=0.75", "num_classes=10"]`` -> dict, values parsed as JSON where possible."""
     out: dict[str, Any] = {}

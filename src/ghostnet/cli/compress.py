@@ -15,8 +15,8 @@ import sys
 
 from ..compress import CompressOptions, compress
 from ..config import RECIPES
-from ..inherit import FIT_ON
-from .common import int_at_least, parse_kwargs, print_json
+from ..inherit import FIT_ON, MIN_CALIBRATION_IMAGES
+from .common import float_above, float_between, int_at_least, parse_kwargs, print_json
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -40,20 +40,22 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--data", required=True, help="folder with train/ and test/ (or val/)")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--ratio", type=int, default=2, help="ratio s (default 2)")
-    p.add_argument("--dw-size", type=int, default=3, help="cheap-op kernel d (default 3)")
+    p.add_argument("--ratio", type=int_at_least(2), default=2, help="ratio s (default 2)")
+    p.add_argument(
+        "--dw-size", type=int_at_least(1), default=3, help="cheap-op kernel d (default 3)"
+    )
     p.add_argument("--include", action="append", help="only convs matching this name pattern")
     p.add_argument("--exclude", action="append", help="keep convs matching this name pattern")
     p.add_argument("--no-skip-first", action="store_true", help="convert the stem conv too")
     p.add_argument(
         "--calibration-images",
-        type=int,
+        type=int_at_least(MIN_CALIBRATION_IMAGES),
         default=256,
         help="training images the cheap ops are fitted on (default 256)",
     )
     p.add_argument(
         "--bn-images",
-        type=int,
+        type=int_at_least(0),
         default=2048,
         help="re-estimate BN statistics on N training images after inheriting (0: off)",
     )
@@ -72,17 +74,24 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "conv's output on the calibration images (layer-wise reconstruction; 0: off)",
     )
     p.add_argument(
-        "--epochs", type=int, default=3, help="distillation epochs (0: inherit and evaluate only)"
+        "--epochs",
+        type=int_at_least(0),
+        default=3,
+        help="distillation epochs (0: inherit and evaluate only)",
     )
     p.add_argument("--recipe", default="cifar-fast", choices=sorted(RECIPES))
-    p.add_argument("--lr", type=float, default=0.01, help="peak LR of the distillation (0.01)")
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--kd-alpha", type=float, help="weight of the distillation term")
-    p.add_argument("--kd-temperature", type=float)
-    p.add_argument("--train-subset", type=int, help="distil on N class-balanced images")
-    p.add_argument("--eval-subset", type=int, help="evaluate on N class-balanced images")
+    p.add_argument(
+        "--lr", type=float_above(0), default=0.01, help="peak LR of the distillation (0.01)"
+    )
+    p.add_argument("--batch-size", type=int_at_least(1))
+    p.add_argument("--kd-alpha", type=float_between(0, 1), help="weight of the distillation term")
+    p.add_argument("--kd-temperature", type=float_above(0))
+    p.add_argument("--train-subset", type=int_at_least(1), help="distil on N class-balanced images")
+    p.add_argument(
+        "--eval-subset", type=int_at_least(1), help="evaluate on N class-balanced images"
+    )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--workers", type=int_at_least(0), default=0)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--json", action="store_true", help="print summary.json")
     p.set_defaults(run=run)
