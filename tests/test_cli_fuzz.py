@@ -162,6 +162,7 @@ def _base(command: str, w: dict[str, Path], out: Path) -> dict[str, str]:
         "export": {"--checkpoint": best, "--out": str(out / "m.onnx")},
         "profile": {"MODEL": "resnet20_cifar", "--ghostify": None},
         "paper-table": {},
+        "ghostify": {"MODEL": "resnet20_cifar", "--save": str(out / "g.safetensors")},
         "bench": {
             "--models": "resnet20_cifar",
             "--batch-sizes": "1",
@@ -173,6 +174,11 @@ def _base(command: str, w: dict[str, Path], out: Path) -> dict[str, str]:
 
 
 PAPER_BAD = {"--results": ["{missing}", "{junk}"]}
+GHOSTIFY_BAD = {
+    "--save": ["{root}", "{junk}/under_a_file.safetensors"],
+    "--ratio": ["0"],
+    "MODEL": ["nope_model"],
+}
 
 TABLE = {
     "train": TRAIN_BAD,
@@ -183,6 +189,7 @@ TABLE = {
     "profile": PROFILE_BAD,
     "bench": BENCH_BAD,
     "paper-table": PAPER_BAD,
+    "ghostify": GHOSTIFY_BAD,
 }
 CASES = [
     (cmd, flag, value) for cmd, bad in TABLE.items() for flag, vs in bad.items() for value in vs

@@ -24,6 +24,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval as _torch_fuse_conv_bn
 from torch.nn.utils.fusion import fuse_linear_bn_eval as _torch_fuse_linear_bn
 
 from .errors import GhostnetError
+from .files import check_output_file
 from .layers import GhostConv2d
 
 log = logging.getLogger("ghostnet")
@@ -421,23 +422,7 @@ def _remove_partial(path: Path) -> None:
 
 def check_onnx_output(path: str | os.PathLike) -> Path:
     """``path`` as a writable .onnx target, checked before any work (one clear line)."""
-    path = Path(path)
-    if path.is_dir():
-        raise GhostnetError(
-            f"--out {path} is an existing folder; give a file name, e.g. {path / 'model.onnx'}"
-        )
-    parent = path.parent
-    if parent.exists() and not parent.is_dir():
-        raise GhostnetError(f"--out {path}: {parent} is a file, not a folder")
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise GhostnetError(
-            f"--out {path}: cannot create folder {parent} ({exc.strerror})"
-        ) from None
-    if not os.access(parent, os.W_OK):
-        raise GhostnetError(f"--out {path}: folder {parent} is not writable")
-    return path
+    return check_output_file(path, "--out", "model.onnx")
 
 
 def _quiet_export(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 
 from ..convert import ghostify_report
+from ..files import check_output_file
 from ..models import create_model
 from ..weights import save_weights
 from .common import add_ghostify_args, ghostify_options, parse_kwargs, parse_size, print_json
@@ -30,6 +31,8 @@ def run(args: argparse.Namespace) -> int:
     from ..models import default_input_size
 
     args.ghostify = True
+    if args.save:  # before the conversion: a bad path fails first
+        check_output_file(args.save, "--save", "model.safetensors")
     options = ghostify_options(args)
     model = create_model(args.model, **parse_kwargs(args.model_kwarg))
     size = args.input_size or default_input_size(args.model)
