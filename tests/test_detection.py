@@ -3,6 +3,7 @@ the CIFAR detection generator, and a tiny fit with exact resume."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -162,10 +163,15 @@ def _config(root: Path, out: Path) -> TrainConfig:
 
 
 @pytest.mark.slow  # three short training runs
-def test_fit_detection_resumes_exactly(tmp_path):
+def test_fit_detection_resumes_exactly(tmp_path, caplog):
     root = write_coco(tmp_path / "coco", images=4)
-    full = fit_detection(_config(root, tmp_path / "full"))
+    loud = dataclasses.replace(_config(root, tmp_path / "full"), quiet=False, log_every=1)
+    with caplog.at_level(logging.INFO, logger="ghostnet"):
+        full = fit_detection(loud)
     assert full["status"] == "finished"
+    # progress lines off a terminal: every --log-every steps, with the loss terms and img/s
+    steps = [r.getMessage() for r in caplog.records if " step " in r.getMessage()]
+    assert len(steps) == 4 and "epoch 2/2 step 2/2" in steps[-1] and "img/s" in steps[-1]
     summary = json.loads((tmp_path / "full" / "summary.json").read_text())
     assert {"mAP", "mAP50", "per_class_AP"} <= set(summary["final"])
     assert set(summary["final"]["per_class_AP"]) == {"red", "green"}
