@@ -73,6 +73,28 @@ def test_compress_cli_zero_epochs(tiny, capsys):
     assert isinstance(model.layer1[0].conv1, GhostConv2d) and model.layer1[0].conv1.inherited
 
 
+def test_compress_refine_and_bn_choice_are_recorded(tiny):
+    """--refine-steps: every refined layer's output error is recorded and never worse than
+    the least-squares start; the BN re-estimate is kept or undone by the KL to the original
+    on other training images, and inherited.pt holds the model that was chosen."""
+    root = tiny[0]
+    assert main(_args(tiny, "refined", "--epochs", "0", "--refine-steps", "10")) == 0
+    summary = json.loads((root / "refined" / "summary.json").read_text())
+    assert summary["refine_steps"] == 10
+    for layer in summary["layers"]:
+        before, after = layer["output_error_before_refine"], layer["output_error_after_refine"]
+        assert before is not None and 0 <= after <= before
+    inherited = summary["inherited"]
+    kl_fitted, kl_bn = inherited["teacher_kl_fitted"], inherited["teacher_kl_bn_reestimated"]
+    assert inherited["bn_reestimate_kept"] == (kl_bn < kl_fitted)
+    model, _ = model_from_checkpoint(inherited["checkpoint"])
+    bn = model.layer1[0].bn1
+    if inherited["bn_reestimate_kept"]:  # re-estimated on the 24 images: cumulative average
+        assert int(bn.num_batches_tracked) == 1
+    else:
+        assert int(bn.num_batches_tracked) == int(tiny[3].layer1[0].bn1.num_batches_tracked)
+
+
 @pytest.mark.slow
 def test_compress_distils_from_the_original(tiny):
     root = tiny[0]

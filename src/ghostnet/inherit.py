@@ -119,51 +119,41 @@ class _Stop(Exception):
 
 
 @torch.no_grad()
+def _capture(
+    model: nn.Module, name: str, images: torch.Tensor, batch_size: int, *, inputs: bool
+) -> torch.Tensor:
+    """The output (or, with ``inputs=True``, the input) of submodule ``name`` over
+    ``images`` (eval mode), on the CPU, float32; the rest of the net is skipped."""
+    module = model.get_submodule(name)
+    kept: list[torch.Tensor] = []
+
+    def record(tensor: torch.Tensor) -> None:
+        kept.append(tensor.detach().float().cpu())
+        raise _Stop
+
+    if inputs:
+        handle = module.register_forward_pre_hook(lambda _m, args: record(args[0]))
+    else:
+        handle = module.register_forward_hook(lambda _m, _args, output: record(output))
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    try:
+        for start in range(0, len(images), batch_size):
+            with contextlib.suppress(_Stop):
+                model(images[start : start + batch_size].to(device))
+    finally:
+        handle.remove()
+        model.train(was_training)
+    return torch.cat(kept)
+
+
 def _output_of(model: nn.Module, name: str, images: torch.Tensor, batch_size: int) -> torch.Tensor:
-    """The output of submodule ``name`` over ``images`` (eval mode), on the CPU, float32."""
-    module = model.get_submodule(name)
-    outputs: list[torch.Tensor] = []
-
-    def hook(_module: nn.Module, _inputs: object, output: torch.Tensor) -> None:
-        outputs.append(output.detach().float().cpu())
-        raise _Stop
-
-    handle = module.register_forward_hook(hook)
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    try:
-        for start in range(0, len(images), batch_size):
-            with contextlib.suppress(_Stop):
-                model(images[start : start + batch_size].to(device))
-    finally:
-        handle.remove()
-        model.train(was_training)
-    return torch.cat(outputs)
+    return _capture(model, name, images, batch_size, inputs=False)
 
 
-@torch.no_grad()
 def _input_of(model: nn.Module, name: str, images: torch.Tensor, batch_size: int) -> torch.Tensor:
-    """The input of submodule ``name`` over ``images`` (eval mode), on the CPU, float32."""
-    module = model.get_submodule(name)
-    inputs: list[torch.Tensor] = []
-
-    def hook(_module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
-        inputs.append(args[0].detach().float().cpu())
-        raise _Stop
-
-    handle = module.register_forward_pre_hook(hook)
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    try:
-        for start in range(0, len(images), batch_size):
-            with contextlib.suppress(_Stop):
-                model(images[start : start + batch_size].to(device))
-    finally:
-        handle.remove()
-        model.train(was_training)
-    return torch.cat(inputs)
+    return _capture(model, name, images, batch_size, inputs=True)
 
 
 def _relative_error(layer: nn.Module, inputs: torch.Tensor, target: torch.Tensor) -> float:
