@@ -378,7 +378,7 @@ def cases(w: dict[str, Path], out: Path) -> list[Case]:
             ["export", "--checkpoint", best, "--int8", "--out", o + ".onnx"],
         ),
         Case(
-            "export --input-size 3,64,64 writes one file and predict accepts it",
+            "export --input-size 3,64,64 writes one self-contained file",
             ["export", "--checkpoint", best, "--input-size", "3,64,64", "--out", o + ".onnx"],
             expect=0,
             must_not_create=[o + ".onnx.data", o + ".data"],

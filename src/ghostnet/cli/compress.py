@@ -11,7 +11,6 @@ distill/ (the training run) and summary.json.
 from __future__ import annotations
 
 import argparse
-import sys
 
 from ..compress import CompressOptions, compress
 from ..config import RECIPES
@@ -128,7 +127,9 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         workers=args.workers,
         device=args.device,
-        quiet=not sys.stderr.isatty(),
+        # not quiet off a terminal either: the trainer then logs a progress line every
+        # --log-every steps instead of a progress bar (minutes of silence look like a hang)
+        quiet=False,
     )
     summary = compress(options)
     if args.json:

@@ -27,7 +27,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.results and not Path(args.results).is_dir():
-        raise GhostnetError(f"--results {args.results}: no such folder of training runs")
+        what = "is a file" if Path(args.results).exists() else "does not exist"
+        raise GhostnetError(
+            f"--results {args.results} {what}; give the folder that holds the training runs"
+        )
     rows = paper_rows(args.results)
     if args.json:
         print_json(
