@@ -447,6 +447,7 @@ def main() -> int:
     started = time.perf_counter()
     w = build_world(root)
     inputs = [w[k] for k in w if k not in ("root", "run2") and w[k].exists()]
+    run_at_start = digest([w["run"]])
     records, failures = [], 0
     for i, case in enumerate(cases(w, root / "fresh_out")):
         if args.only and args.only not in case.name:
@@ -505,6 +506,9 @@ def main() -> int:
         "cases": len(records),
         "failures": failures,
         "wall_s": round(time.perf_counter() - started, 1),
+        "run_folder_sha256_prefix_before_all_cases": {
+            k.replace(str(root), "$W"): v[:16] for k, v in run_at_start.items()
+        },
         "run_folder_sha256_prefix_after_all_cases": run_digest,
     }
     print(json.dumps(summary, indent=2))
