@@ -328,10 +328,8 @@ def compress(options: CompressOptions) -> dict[str, Any]:
     )
     reestimated: dict[str, Any] | None = None
     bn_s = 0.0
-    if options.bn_images > 0:
-        start = time.perf_counter()
-        bn_count = min(options.bn_images, len(source.train))
-        bn_batch = calibration_images(source.train, preset, bn_count, options.seed + 1)
+    has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in converted.modules())
+    if options.bn_images > 0 and has_bn:
         # which BN statistics to keep is decided on other *training* images (the KL to the
         # original's predictions, no labels), never on the test set the top-1 reports
         held_out = calibration_images(
@@ -339,24 +337,27 @@ def compress(options: CompressOptions) -> dict[str, Any]:
         )
         fitted_stats = {k: v.clone() for k, v in converted.state_dict().items()}
         kl_fitted = teacher_kl(converted, model, held_out)
-        if reestimate_bn(converted, bn_batch):
-            bn_s = time.perf_counter() - start
-            reestimated = _evaluate(converted, eval_set, options, device)
-            reestimated["images"] = len(bn_batch)
-            reestimated["teacher_kl"] = teacher_kl(converted, model, held_out)
-            reestimated["teacher_kl_fitted"] = kl_fitted
-            reestimated["kept"] = reestimated["teacher_kl"] < kl_fitted
-            if not reestimated["kept"]:
-                converted.load_state_dict(fitted_stats)
-            log.info(
-                "top-1 with BN statistics re-estimated: %.2f (KL to the original on %d other "
-                "training images: %.4f re-estimated vs %.4f fitted; keeping %s)",
-                reestimated["top1"],
-                len(held_out),
-                reestimated["teacher_kl"],
-                kl_fitted,
-                "re-estimated" if reestimated["kept"] else "the fitted model's statistics",
-            )
+        start = time.perf_counter()
+        bn_count = min(options.bn_images, len(source.train))
+        bn_batch = calibration_images(source.train, preset, bn_count, options.seed + 1)
+        reestimate_bn(converted, bn_batch)
+        bn_s = time.perf_counter() - start
+        reestimated = _evaluate(converted, eval_set, options, device)
+        reestimated["images"] = len(bn_batch)
+        reestimated["teacher_kl"] = teacher_kl(converted, model, held_out)
+        reestimated["teacher_kl_fitted"] = kl_fitted
+        reestimated["kept"] = reestimated["teacher_kl"] < kl_fitted
+        if not reestimated["kept"]:
+            converted.load_state_dict(fitted_stats)
+        log.info(
+            "top-1 with BN statistics re-estimated: %.2f (KL to the original on %d other "
+            "training images: %.4f re-estimated vs %.4f fitted; keeping %s)",
+            reestimated["top1"],
+            len(held_out),
+            reestimated["teacher_kl"],
+            kl_fitted,
+            "re-estimated" if reestimated["kept"] else "the fitted model's statistics",
+        )
 
     # 3. training-format checkpoints: the inherited student, and the teacher if it has none
     out.mkdir(parents=True, exist_ok=True)
