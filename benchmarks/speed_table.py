@@ -83,7 +83,44 @@ def table(records, backends: list[str], batches: list[int]) -> str:
                         lines.append(
                             f"| {model} | {batch} | {b} | {base.median_ms / fast.median_ms:.2f}x |"
                         )
+    lines += best_layout_ratios(by, names, backends, batches)
     return "\n".join(lines)
+
+
+def best_layout_ratios(by, names, backends: list[str], batches: list[int]) -> list[str]:
+    """Each model on its fastest graph layout (plain, -split or -pad) of one runtime and
+    precision, then the ratios: a runtime is what a user deploys on, the layout is ours to
+    choose per model (padding helps GhostNet in ONNX Runtime and slows MobileNetV3)."""
+    from ghostnet.bench import _parse_backend
+
+    groups: dict[str, list[str]] = {}
+    for b in backends:
+        base, _layout, precision = _parse_backend(b)
+        groups.setdefault(base if precision == "fp32" else f"{base}-{precision}", []).append(b)
+    if all(len(members) == 1 for members in groups.values()):
+        return []
+    lines = [
+        "",
+        "| fastest layout per runtime | batch | " + " | ".join(groups) + " |",
+        "|---|---:|" + "---:|" * len(groups),
+    ]
+
+    def best(model: str, batch: int, members: list[str]):
+        found = [by[(names[model], b, batch)] for b in members if (names[model], b, batch) in by]
+        return min(found, key=lambda r: r.median_ms) if found else None
+
+    for ours, peer in PAIRS:
+        for batch in batches:
+            cells = []
+            for members in groups.values():
+                a, p = best(ours, batch, members), best(peer, batch, members)
+                cells.append(
+                    f"{p.median_ms / a.median_ms:.2f}x ({a.backend} / {p.backend})"
+                    if a and p
+                    else "-"
+                )
+            lines.append(f"| {ours} vs {peer} | {batch} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def main() -> int:
@@ -92,7 +129,8 @@ def main() -> int:
     parser.add_argument("--batch-sizes", default="1,16")
     parser.add_argument(
         "--backends",
-        default="onnxruntime,onnxruntime-int8,openvino,openvino-bf16,openvino-int8",
+        default="onnxruntime,onnxruntime-pad,onnxruntime-int8,onnxruntime-pad-int8,"
+        "openvino,openvino-bf16,openvino-int8",
         help="bench backend names (bf16 ones are dropped on CPUs without bf16)",
     )
     parser.add_argument("--threads", type=int, default=2)

@@ -161,6 +161,11 @@ def test_export_cli(tmp_path, capsys):
     code = main([*argv, "--out", str(split)])
     text = capsys.readouterr().out
     assert code == 0 and "Concat" not in text and "max abs diff" in text
+    padded = tmp_path / "padded.onnx"
+    code = main([*argv, "--pad-channels", "16", "--out", str(padded)])
+    assert code == 0 and "max abs diff" in capsys.readouterr().out  # checked against torch
+    code = main([*argv[:-1], "--pad-channels", "16", "--out", str(tmp_path / "p.onnx")])
+    assert code == 2 and "add --split" in capsys.readouterr().err
     code = main(
         ["export", "--model", "resnet20_cifar", "--out", str(tmp_path / "x.onnx"), "--opset", "3"]
     )
@@ -328,8 +333,15 @@ def test_export_file_defects(tmp_path, capsys):
 def test_bench_precision_backends_are_validated(capsys):
     from ghostnet.bench import _parse_backend
 
-    assert _parse_backend("onnxruntime-split-int8") == ("onnxruntime", True, "int8")
-    assert _parse_backend("compile-bf16") == ("compile", False, "bf16")
-    for bad in ("onnxruntime-bf16", "eager-int8", "eager-split"):
+    assert _parse_backend("onnxruntime-split-int8") == ("onnxruntime", "split", "int8")
+    assert _parse_backend("onnxruntime-pad") == ("onnxruntime", "pad", "fp32")
+    assert _parse_backend("compile-bf16") == ("compile", "", "bf16")
+    for bad in (
+        "onnxruntime-bf16",
+        "eager-int8",
+        "eager-split",
+        "eager-pad",
+        "onnxruntime-pad-split",
+    ):
         with pytest.raises(GhostnetError, match="unknown backend"):
             _parse_backend(bad)

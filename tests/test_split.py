@@ -2,6 +2,7 @@ import operator
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import ghostnet
@@ -21,11 +22,51 @@ def test_split_matches_eager_for_every_registered_model(name):
     kwargs = {"ratio": 3} if name.startswith("ghost_") else {}
     size = _small_size(name)
     model = _randomise_bn(ghostnet.create_model(name, **kwargs), size)
-    split = split_concats(fuse(model), size)
     x = torch.randn(2, *size)
     with torch.no_grad():
         expected = model(x)
-        assert torch.allclose(split(x), expected, atol=1e-4 * max(1.0, expected.abs().max()))
+        for pad_to in (0, 16):  # plain split, and split with parts padded to 16 channels
+            split = split_concats(fuse(model), size, pad_to=pad_to)
+            got = split(x)
+            assert torch.allclose(got, expected, atol=1e-4 * max(1.0, expected.abs().max()))
+
+
+def _convs(gm):
+    return [m for m in gm.modules() if isinstance(m, nn.Conv2d)]
+
+
+def test_padding_makes_every_ghostnet_conv_a_block_multiple():
+    """GhostNet's halves (8, 12, 20, 36... channels) all become multiples of 16, the only
+    ops added are the first block's shortcut slices, and real outputs do not change."""
+    model = _randomise_bn(ghostnet.create_model("ghostnet_100"), (3, 64, 64))
+    plain = split_concats(fuse(model), (3, 64, 64))
+    padded = split_concats(fuse(model), (3, 64, 64), pad_to=16)
+    assert any(c.out_channels % 16 for c in _convs(plain))
+    odd = [(c.in_channels, c.out_channels) for c in _convs(padded) if c.out_channels % 16]
+    assert odd == []
+    assert all(c.in_channels % 16 == 0 for c in _convs(padded)[1:])  # all but the RGB stem
+    assert _count(padded, torch.cat) == 0 and _count(padded, F.pad) <= 2
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(padded(x), model(x), atol=1e-4)
+
+
+def test_padding_keeps_real_channels_apart_from_padding():
+    """Padding must never leak into a real channel: make the padded weights non-zero after
+    the rewrite and the output must change only if it does (here: it does not, because
+    consumers read only real columns)."""
+    conv = nn.Sequential(nn.Conv2d(3, 6, 1), nn.ReLU(), nn.Conv2d(6, 4, 1)).eval()
+    padded = split_concats(conv, (3, 4, 4), pad_to=8)
+    first, second = _convs(padded)
+    assert (first.out_channels, second.in_channels) == (8, 8)
+    assert first.weight[6:].abs().sum() == 0 and second.weight[:, 6:].abs().sum() == 0
+    x = torch.randn(2, 3, 4, 4)
+    with torch.no_grad():
+        reference = conv(x)
+        first.bias[6:] = 5.0  # garbage in the padded channels...
+        assert torch.allclose(padded(x), reference, atol=1e-6)  # ...never reaches the output
+    with pytest.raises(ValueError, match="pad_to"):
+        split_concats(conv, (3, 4, 4), pad_to=-1)
 
 
 @pytest.mark.parametrize("name, most_cats", [("ghostnet_050", 0), ("ghost_resnet50", 1)])

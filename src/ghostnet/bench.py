@@ -4,9 +4,11 @@ repeats, medians, and the machine/library versions (CPU flags included) with eve
 Backends: ``eager`` (the model as built, PyTorch), ``fused`` (BN folded, channels_last,
 PyTorch), ``compile`` (the fused model through torch.compile with frozen weights),
 ``onnxruntime`` and ``openvino`` (both run the ONNX export of the fused model). Suffixes:
-``-split`` (Ghost concatenations kept apart, ghostnet.split), ``-bf16`` (bfloat16 weights and
-activations: torch backends and OpenVINO, on CPUs with AVX512-BF16/AMX) and ``-int8``
-(ONNX Runtime static INT8 of the export, run by ``onnxruntime`` or ``openvino``).
+``-split`` (Ghost concatenations kept apart, ghostnet.split), ``-pad`` (split, and every
+part padded to the CPU's blocked-layout width: 16 channels with AVX-512, else 8),
+``-bf16`` (bfloat16 weights and activations: torch backends and OpenVINO, on CPUs with
+AVX512-BF16/AMX) and ``-int8`` (ONNX Runtime static INT8 of the export, run by
+``onnxruntime`` or ``openvino``).
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ from .split import split_concats
 BACKENDS = ("eager", "fused", "compile", "onnxruntime", "openvino")
 # "-split" variants run the deploy form with Ghost concatenations kept apart (ghostnet.split)
 SPLIT_SUFFIX = "-split"
+# "-pad" variants split and also pad every part to a multiple of the runtime's channel block
+PAD_SUFFIX = "-pad"
 PRECISION_SUFFIXES = ("-bf16", "-int8")
 _BF16_BACKENDS = ("eager", "fused", "compile", "openvino")
 _INT8_BACKENDS = ("onnxruntime", "openvino")
@@ -187,7 +191,7 @@ def build_runner(
     workdir: Path,
 ) -> Callable[[torch.Tensor], Any]:
     """A callable that runs one batch on ``backend`` (models built once, weights shared)."""
-    base, split, precision = _parse_backend(backend)
+    base, layout, precision = _parse_backend(backend)
     if precision == "bf16":
         require_bf16()
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
@@ -201,8 +205,9 @@ def build_runner(
 
         return run_eager
     deploy = fuse(model)
-    if split:
-        deploy = split_concats(deploy, input_size)
+    if layout:
+        pad_to = channel_block() if layout == "pad" else 0
+        deploy = split_concats(deploy, input_size, pad_to=pad_to)
     if base in ("fused", "compile"):
         deploy = deploy.to(dtype=dtype, memory_format=torch.channels_last)
         if base == "compile":
@@ -213,7 +218,7 @@ def build_runner(
                 return deploy(x.to(dtype).contiguous(memory_format=torch.channels_last))
 
         return run_fused
-    path = workdir / f"{id(model)}_b{batch}{'_split' if split else ''}.onnx"
+    path = workdir / f"{id(model)}_b{batch}{'_' + layout if layout else ''}.onnx"
     if not path.exists():
         export_onnx(deploy, path, input_size, batch_size=batch, reference=model)
     if precision == "int8":
@@ -257,15 +262,25 @@ def copy_to(model: nn.Module, dtype: torch.dtype) -> nn.Module:
     return copy.deepcopy(model).to(dtype)
 
 
-def _parse_backend(backend: str) -> tuple[str, bool, str]:
-    """``base[-split][-bf16|-int8]`` -> (base, split, precision)."""
+def channel_block() -> int:
+    """Channels per block of ONNX Runtime's NCHWc layout on this CPU (MLAS: 16 with
+    AVX-512, 8 with AVX2): what ``-pad`` pads every part to."""
+    return 16 if "avx512f" in cpu_flags() else 8
+
+
+def _parse_backend(backend: str) -> tuple[str, str, str]:
+    """``base[-split|-pad][-bf16|-int8]`` -> (base, layout: "", "split" or "pad",
+    precision)."""
     rest, precision = backend, "fp32"
     for suffix in PRECISION_SUFFIXES:
         if rest.endswith(suffix):
             rest, precision = rest[: -len(suffix)], suffix[1:]
-    split = rest.endswith(SPLIT_SUFFIX)
-    base = rest[: -len(SPLIT_SUFFIX)] if split else rest
-    ok = base in BACKENDS and not (split and base == "eager")
+    layout = ""
+    for suffix in (SPLIT_SUFFIX, PAD_SUFFIX):
+        if rest.endswith(suffix):
+            rest, layout = rest[: -len(suffix)], suffix[1:]
+    base = rest
+    ok = base in BACKENDS and not (layout and base == "eager")
     ok = ok and (
         precision == "fp32"
         or (precision == "bf16" and base in _BF16_BACKENDS)
@@ -274,10 +289,10 @@ def _parse_backend(backend: str) -> tuple[str, bool, str]:
     if not ok:
         raise GhostnetError(
             f"unknown backend {backend!r}: choose from {', '.join(BACKENDS)}, with "
-            f"{SPLIT_SUFFIX} (not eager), -bf16 ({', '.join(_BF16_BACKENDS)}) or -int8 "
-            f"({', '.join(_INT8_BACKENDS)}), e.g. compile-bf16, onnxruntime-int8"
+            f"{SPLIT_SUFFIX} or {PAD_SUFFIX} (not eager), -bf16 ({', '.join(_BF16_BACKENDS)}) "
+            f"or -int8 ({', '.join(_INT8_BACKENDS)}), e.g. compile-bf16, onnxruntime-int8"
         )
-    return base, split, precision
+    return base, layout, precision
 
 
 def _check_same_outputs(

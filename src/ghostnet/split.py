@@ -15,6 +15,14 @@ them from being fused. Most consumers do not need the concatenated tensor:
 This pass rewrites an FX graph so tensors stay as lists of parts and a concat is only
 materialised where some other op needs the whole tensor. Outputs are unchanged up to float
 rounding (the tests check every registered model).
+
+``pad_to=B`` also pads every part to a multiple of B channels (the runtime's block: 16 for
+ONNX Runtime on AVX-512, 8 on AVX2). A conv whose output count is not a multiple of B
+gets zero weight rows up to the next multiple, and every conv reading a padded part gets
+zero weight columns for the padding, so the padding never reaches a real channel. Such a
+runtime converts a tensor that is not a block multiple to and from its blocked layout
+around every op; GhostNet's halves (8, 12, 20, 36, 60, 92, 100... channels) mostly are not.
+The padded channels hold zeros or other finite values that nothing reads.
 """
 
 from __future__ import annotations
@@ -55,10 +63,24 @@ BINARY_FUNCTIONS = {operator.add, operator.mul, torch.add, torch.mul}
 
 @dataclass
 class Parts:
-    """A tensor kept as channel-wise pieces: (node in the new graph, channels) each."""
+    """A tensor kept as channel-wise pieces: (node in the new graph, channels) each.
+
+    ``padded[i]`` is part i's channel count in the new graph (>= ``channels[i]``: its real
+    channels come first); ``origin`` is the old node that produced it when that node can be
+    emitted again split another way (a conv, or activations of one).
+    """
 
     nodes: list[torch.fx.Node]
     channels: list[int]
+    padded: list[int] | None = None
+    origin: torch.fx.Node | None = None
+
+    def __post_init__(self) -> None:
+        if self.padded is None:
+            self.padded = list(self.channels)
+
+    def same_layout(self, other: Parts) -> bool:
+        return self.channels == other.channels and self.padded == other.padded
 
 
 def _channels(node: torch.fx.Node) -> int | None:
@@ -68,8 +90,9 @@ def _channels(node: torch.fx.Node) -> int | None:
 
 
 class _Rewriter:
-    def __init__(self, gm: torch.fx.GraphModule) -> None:
+    def __init__(self, gm: torch.fx.GraphModule, pad_to: int = 0) -> None:
         self.gm = gm
+        self.pad_to = pad_to
         self.modules = dict(gm.named_modules())
         self.graph = torch.fx.Graph()
         self.env: dict[torch.fx.Node, torch.fx.Node | Parts] = {}
@@ -77,6 +100,11 @@ class _Rewriter:
         self.counter = 0
 
     # -- helpers -----------------------------------------------------------------------
+    def padded(self, channels: int) -> int:
+        if self.pad_to <= 1:
+            return channels
+        return -(-channels // self.pad_to) * self.pad_to
+
     def plain(self, value: object) -> object:
         """The new-graph value of an old argument, concatenating parts where needed."""
         if isinstance(value, torch.fx.Node):
@@ -84,7 +112,19 @@ class _Rewriter:
             if isinstance(mapped, Parts):
                 key = id(mapped)
                 if key not in self.whole:
-                    self.whole[key] = self.graph.call_function(torch.cat, (mapped.nodes, 1))
+                    real = [
+                        node
+                        if c == p
+                        else self.graph.call_function(
+                            operator.getitem, (node, (slice(None), slice(0, c)))
+                        )
+                        for node, c, p in zip(mapped.nodes, mapped.channels, mapped.padded)
+                    ]
+                    self.whole[key] = (
+                        real[0]
+                        if len(real) == 1
+                        else self.graph.call_function(torch.cat, (real, 1))
+                    )
                 return self.whole[key]
             return mapped
         if isinstance(value, (list, tuple)):
@@ -103,121 +143,151 @@ class _Rewriter:
         return self.graph.node_copy(node, lambda n: self.plain(n))
 
     # -- rewrites ------------------------------------------------------------------------
-    def conv(self, base: str, conv: nn.Conv2d, parts: Parts) -> object:
-        """``conv`` applied to a tensor kept as parts (None when it cannot be)."""
+    def conv(self, base: str, conv: nn.Conv2d, parts: Parts, out_rows: int | None = None) -> object:
+        """``conv`` applied to a tensor kept as parts (None when it cannot be).
+
+        A dense conv's output is one tensor of ``out_rows`` channels (zero rows past the
+        conv's own); unless ``out_rows`` is given, a padded one when padding is on."""
         if conv.padding_mode != "zeros" or conv.in_channels != sum(parts.channels):
             return None
         depthwise = conv.groups == conv.in_channels and conv.groups > 1
         if conv.groups != 1 and not depthwise:
             return None
         mult = conv.out_channels // conv.in_channels if depthwise else 0
+        weight, bias = conv.weight, conv.bias
+        if not depthwise and out_rows is None:
+            out_rows = self.padded(conv.out_channels)
         outputs, offset = [], 0
-        for index, (part, c) in enumerate(zip(parts.nodes, parts.channels)):
+        for index, (part, c, p) in enumerate(zip(parts.nodes, parts.channels, parts.padded)):
             if depthwise:
-                rows, cols, groups, with_bias = (
-                    slice(offset * mult, (offset + c) * mult),
-                    slice(None),
-                    c,
-                    conv.bias is not None,
+                w = _pad_rows(weight[offset * mult : (offset + c) * mult], p * mult)
+                b = (
+                    None
+                    if bias is None
+                    else _pad_rows(bias[offset * mult : (offset + c) * mult], p * mult)
                 )
+                groups = p
             else:
-                rows, cols, groups = slice(None), slice(offset, offset + c), 1
-                with_bias = conv.bias is not None and index == 0
-            outputs.append(self.emit_conv(base, conv, rows, cols, groups, with_bias, part))
+                w = _pad_rows(_pad_cols(weight[:, offset : offset + c], p), out_rows)
+                b = None if bias is None or index > 0 else _pad_rows(bias, out_rows)
+                groups = 1
+            outputs.append(self.emit_conv(base, conv, w, b, groups, part))
             offset += c
         if depthwise:
-            return Parts(outputs, [c * mult for c in parts.channels])
+            return Parts(
+                outputs, [c * mult for c in parts.channels], [p * mult for p in parts.padded]
+            )
         total = outputs[0]
         for extra in outputs[1:]:
             total = self.graph.call_function(operator.add, (extra, total))
-        return total
+        if out_rows == conv.out_channels:
+            return total
+        return Parts([total], [conv.out_channels], [out_rows])
+
+    def padded_conv(self, node: torch.fx.Node, conv: nn.Conv2d) -> Parts | None:
+        """A dense conv on a whole tensor whose output count is not a block multiple: the
+        same conv with zero rows up to the next multiple, as a one-part tensor."""
+        rows = self.padded(conv.out_channels)
+        if rows == conv.out_channels or conv.groups != 1 or len(node.args) != 1 or node.kwargs:
+            return None
+        w = _pad_rows(conv.weight, rows)
+        b = None if conv.bias is None else _pad_rows(conv.bias, rows)
+        out = self.emit_conv(str(node.target), conv, w, b, 1, self.plain(node.args[0]))
+        return Parts([out], [conv.out_channels], [rows], origin=node)
 
     def emit_conv(
         self,
         base: str,
         conv: nn.Conv2d,
-        rows: slice,
-        cols: slice,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
         groups: int,
-        with_bias: bool,
-        source: torch.fx.Node,
+        source: object,
     ) -> torch.fx.Node:
-        """A new conv holding ``conv.weight[rows, cols]`` (and bias rows), applied to source."""
-        weight = conv.weight[rows, cols]
-        in_channels = weight.shape[1] * groups
+        """A new conv like ``conv`` (kernel, stride, padding) holding ``weight``/``bias``."""
         piece = nn.Conv2d(
-            in_channels,
+            weight.shape[1] * groups,
             weight.shape[0],
             conv.kernel_size,
             conv.stride,
             conv.padding,
             conv.dilation,
             groups=groups,
-            bias=with_bias,
+            bias=bias is not None,
         )
         piece.weight.data.copy_(weight)
-        if with_bias:
-            piece.bias.data.copy_(conv.bias[rows])
+        if bias is not None:
+            piece.bias.data.copy_(bias)
         piece.to(conv.weight.device, conv.weight.dtype)
         return self.graph.call_module(self.add_module(base, piece), (source,))
 
-    def split_plain(self, old: torch.fx.Node, sizes: list[int]) -> Parts:
-        """A plain tensor as parts of ``sizes`` channels. A conv (or an activation of a
-        conv) used only here is split by output rows; anything else is sliced."""
-        single = len(old.users) == 1
+    def resplittable(self, old: torch.fx.Node) -> bool:
+        """``old`` is a dense conv, or activations of one, used only once: it can be
+        emitted again with its output rows split into any parts."""
+        if len(old.users) != 1:
+            return False
         target = self.modules.get(old.target) if old.op == "call_module" else None
-        if single and isinstance(target, nn.Conv2d) and target.groups == 1:
+        if isinstance(target, nn.Conv2d):
+            return target.groups == 1 and target.padding_mode == "zeros"
+        elementwise = isinstance(target, ELEMENTWISE_MODULES) or (
+            old.op == "call_function" and old.target in ELEMENTWISE_FUNCTIONS
+        )
+        inner = old.args[0] if old.args else None
+        return (
+            elementwise
+            and len(old.args) == 1
+            and not old.kwargs
+            and isinstance(inner, torch.fx.Node)
+            and self.resplittable(inner)
+        )
+
+    def split_plain(self, old: torch.fx.Node, sizes: list[int], padded: list[int]) -> Parts:
+        """An old node's value as parts of ``sizes`` channels (``padded`` in the new
+        graph). A conv (or activations of a conv) used only here is emitted again split by
+        output rows; anything else is sliced (and zero-padded)."""
+        target = self.modules.get(old.target) if old.op == "call_module" else None
+        if self.resplittable(old) and isinstance(target, nn.Conv2d):
             source = self.env[old.args[0]]
             nodes, offset = [], 0
-            for c in sizes:
-                rows = slice(offset, offset + c)
+            for c, p in zip(sizes, padded):
+                w = _pad_rows(target.weight[offset : offset + c], p)
+                b = None if target.bias is None else _pad_rows(target.bias[offset : offset + c], p)
                 if isinstance(source, Parts):
                     row_conv = nn.Conv2d(
                         target.in_channels,
-                        c,
+                        p,
                         target.kernel_size,
                         target.stride,
                         target.padding,
                         target.dilation,
-                        bias=target.bias is not None,
+                        bias=b is not None,
                     )
-                    row_conv.weight.data.copy_(target.weight[rows])
-                    if target.bias is not None:
-                        row_conv.bias.data.copy_(target.bias[rows])
-                    node = self.conv(str(old.target), row_conv.to(target.weight.device), source)
+                    row_conv.weight.data.copy_(w)
+                    if b is not None:
+                        row_conv.bias.data.copy_(b)
+                    node = self.conv(str(old.target), row_conv.to(w.device), source, out_rows=p)
                 else:
-                    node = self.emit_conv(
-                        str(old.target),
-                        target,
-                        rows,
-                        slice(None),
-                        1,
-                        target.bias is not None,
-                        source,
-                    )
+                    node = self.emit_conv(str(old.target), target, w, b, 1, source)
                 nodes.append(node)
                 offset += c
-            return Parts(nodes, list(sizes))
-        elementwise = isinstance(target, ELEMENTWISE_MODULES) or (
-            old.op == "call_function" and old.target in ELEMENTWISE_FUNCTIONS
-        )
-        if single and elementwise and len(old.args) == 1 and not old.kwargs:
-            inner = old.args[0]
-            if isinstance(inner, torch.fx.Node) and not isinstance(self.env[inner], Parts):
-                split = self.split_plain(inner, sizes)
-                if old.op == "call_module":
-                    return Parts(
-                        [self.graph.call_module(old.target, (p,)) for p in split.nodes], list(sizes)
-                    )
-                return Parts(
-                    [self.graph.call_function(old.target, (p,)) for p in split.nodes], list(sizes)
-                )
+            return Parts(nodes, list(sizes), list(padded))
+        if self.resplittable(old):  # activations of a conv
+            split = self.split_plain(old.args[0], sizes, padded)
+            if old.op == "call_module":
+                nodes = [self.graph.call_module(old.target, (p,)) for p in split.nodes]
+            else:
+                nodes = [self.graph.call_function(old.target, (p,)) for p in split.nodes]
+            return Parts(nodes, list(sizes), list(padded))
+        whole = self.plain(old)
         nodes, offset = [], 0
-        for c in sizes:
+        for c, p in zip(sizes, padded):
             index = (slice(None), slice(offset, offset + c))
-            nodes.append(self.graph.call_function(operator.getitem, (self.env[old], index)))
+            node = self.graph.call_function(operator.getitem, (whole, index))
+            if p != c:
+                node = self.graph.call_function(F.pad, (node, (0, 0, 0, 0, 0, p - c)))
+            nodes.append(node)
             offset += c
-        return Parts(nodes, list(sizes))
+        return Parts(nodes, list(sizes), list(padded))
 
     def binary(self, node: torch.fx.Node) -> object:
         if len(node.args) != 2 or node.kwargs:
@@ -228,19 +298,29 @@ class _Rewriter:
         if not isinstance(pa, Parts) and not isinstance(pb, Parts):
             return None
         if isinstance(pa, Parts) and isinstance(pb, Parts):
-            if pa.channels != pb.channels:
+            if sum(pa.channels) != sum(pb.channels):
                 return None
+            if not pa.same_layout(pb):
+                # emit one side again in the other's layout where it can be (a conv's rows)
+                if self.resplittable(b) and (not self.resplittable(a) or len(pb.nodes) == 1):
+                    pb = self.split_plain(b, pa.channels, pa.padded)
+                elif self.resplittable(a):
+                    pa = self.split_plain(a, pb.channels, pb.padded)
+                else:
+                    return None
         else:
             parts, other = (pa, b) if isinstance(pa, Parts) else (pb, a)
             if not isinstance(other, torch.fx.Node) or _channels(other) != sum(parts.channels):
                 return None  # scalars / broadcasts over channels: keep it simple
-            split = self.split_plain(other, parts.channels)
+            split = self.split_plain(other, parts.channels, parts.padded)
             pa, pb = (parts, split) if isinstance(pa, Parts) else (split, parts)
         nodes = [self.graph.call_function(node.target, (x, y)) for x, y in zip(pa.nodes, pb.nodes)]
-        return Parts(nodes, list(pa.channels))
+        return Parts(nodes, list(pa.channels), list(pa.padded))
 
     def per_part(self, node: torch.fx.Node, parts: Parts, build) -> Parts:
-        return Parts([build(p) for p in parts.nodes], list(parts.channels))
+        return Parts(
+            [build(p) for p in parts.nodes], list(parts.channels), list(parts.padded), node
+        )
 
     def visit(self, node: torch.fx.Node) -> object:
         first = node.args[0] if node.args else None
@@ -251,25 +331,33 @@ class _Rewriter:
             tensors = node.args[0]
             dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
             if dim == 1 and all(_channels(t) for t in tensors):
-                nodes, channels = [], []
+                nodes, channels, padded = [], [], []
                 for t in tensors:
                     mapped = self.env[t]
                     if isinstance(mapped, Parts):
                         nodes += mapped.nodes
                         channels += mapped.channels
+                        padded += mapped.padded
                     else:
                         nodes.append(mapped)
                         channels.append(_channels(t))
-                return Parts(nodes, channels)
+                        padded.append(_channels(t))
+                return Parts(nodes, channels, padded)
             return None
         if node.op == "call_function" and node.target in BINARY_FUNCTIONS:
             return self.binary(node)
         if not isinstance(parts, Parts):
+            module = self.modules.get(node.target) if node.op == "call_module" else None
+            if self.pad_to > 1 and isinstance(module, nn.Conv2d):
+                return self.padded_conv(node, module)
             return None
         if node.op == "call_module":
             module = self.modules[node.target]
             if isinstance(module, nn.Conv2d):
-                return self.conv(str(node.target), module, parts)
+                result = self.conv(str(node.target), module, parts)
+                if isinstance(result, Parts) and len(result.nodes) == 1:
+                    result.origin = node
+                return result
             if isinstance(module, ELEMENTWISE_MODULES + PER_PART_POOLS):
                 return self.per_part(
                     node, parts, lambda p: self.graph.call_module(node.target, (p, *rest), kwargs)
@@ -302,10 +390,34 @@ class _Rewriter:
         return out
 
 
-def split_concats(model: nn.Module, input_size: Sequence[int]) -> torch.fx.GraphModule:
+def _pad_rows(tensor: torch.Tensor, rows: int) -> torch.Tensor:
+    """``tensor`` with zero rows (dim 0) appended up to ``rows``."""
+    extra = rows - tensor.shape[0]
+    if extra == 0:
+        return tensor.detach()
+    zeros = tensor.new_zeros((extra, *tensor.shape[1:]))
+    return torch.cat([tensor.detach(), zeros], 0)
+
+
+def _pad_cols(weight: torch.Tensor, cols: int) -> torch.Tensor:
+    """A conv weight with zero input channels (dim 1) appended up to ``cols``."""
+    extra = cols - weight.shape[1]
+    if extra == 0:
+        return weight.detach()
+    zeros = weight.new_zeros((weight.shape[0], extra, *weight.shape[2:]))
+    return torch.cat([weight.detach(), zeros], 1)
+
+
+def split_concats(
+    model: nn.Module, input_size: Sequence[int], pad_to: int = 0
+) -> torch.fx.GraphModule:
     """Rewrite ``model`` (eval mode, e.g. the output of :func:`ghostnet.deploy.fuse`) so the
-    halves of channel concatenations stay apart wherever their consumers allow."""
+    halves of channel concatenations stay apart wherever their consumers allow; with
+    ``pad_to=B`` every part and dense conv output is also padded to a multiple of B
+    channels (zero weights: outputs unchanged)."""
+    if pad_to < 0:
+        raise ValueError(f"pad_to must be >= 0, got {pad_to}")
     gm = torch.fx.symbolic_trace(model.eval())
     example = torch.zeros(1, *input_size)
     ShapeProp(gm).propagate(example)
-    return _Rewriter(gm).run()
+    return _Rewriter(gm, pad_to).run()
