@@ -38,8 +38,23 @@ def ort_profile(path: Path, x: torch.Tensor, threads: int, runs: int) -> dict[st
     per_op: dict[str, float] = collections.defaultdict(float)
     for event in trace:
         if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
-            per_op[event["args"]["op_name"]] += event["dur"]
+            per_op[_op_kind(event["args"])] += event["dur"]
     return {op: total / (runs + 3) for op, total in per_op.items()}
+
+
+def _op_kind(args: dict) -> str:
+    """The op type; convs told apart by weight shape (depthwise / 1x1 / k x k), because
+    GhostNet's cost question is how much of the time the cheap depthwise ops take."""
+    op = args["op_name"]
+    if op != "Conv":
+        return op
+    shapes = [next(iter(s.values())) for s in args.get("input_type_shape", []) if s]
+    if len(shapes) < 2 or len(shapes[1]) != 4:
+        return op
+    out_ch, in_per_group, kh, kw = shapes[1]
+    if in_per_group == 1 and out_ch > 1:
+        return f"Conv depthwise {kh}x{kw}"
+    return f"Conv {kh}x{kw}"
 
 
 def torch_profile(model: torch.nn.Module, x: torch.Tensor, runs: int) -> dict[str, float]:
@@ -55,7 +70,7 @@ def torch_profile(model: torch.nn.Module, x: torch.Tensor, runs: int) -> dict[st
     return {e.key: e.self_cpu_time_total / runs for e in prof.key_averages()}
 
 
-def show(title: str, per_op: dict[str, float], top: int = 10) -> None:
+def show(title: str, per_op: dict[str, float], top: int = 14) -> None:
     total = sum(per_op.values())
     print(f"\n{title}: {total / 1e3:.2f} ms per run in operators")
     for op, us in sorted(per_op.items(), key=lambda kv: -kv[1])[:top]:
@@ -69,6 +84,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--split", action="store_true", help="profile the split deploy form")
+    parser.add_argument(
+        "--pad", type=int, default=0, help="with --split: pad parts to this many channels"
+    )
+    parser.add_argument("--ort-only", action="store_true", help="skip the PyTorch profile")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
@@ -78,7 +97,9 @@ def main() -> None:
             model = create_model(name).eval()
             size = default_input_size(name)
             x = torch.randn(args.batch, *size)
-            deploy = split_concats(fuse(model), size) if args.split else fuse(model)
+            deploy = fuse(model)
+            if args.split:
+                deploy = split_concats(deploy, size, pad_to=args.pad)
             path, _ = export_onnx(
                 deploy, Path(tmp) / "m.onnx", size, batch_size=args.batch, reference=model
             )
@@ -86,7 +107,8 @@ def main() -> None:
                 f"{name} / onnxruntime / batch {args.batch}",
                 ort_profile(path, x, args.threads, args.runs),
             )
-            show(f"{name} / torch eager / batch {args.batch}", torch_profile(model, x, args.runs))
+            if not args.ort_only:
+                show(f"{name} / torch eager", torch_profile(model, x, args.runs))
 
 
 if __name__ == "__main__":

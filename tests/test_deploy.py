@@ -345,3 +345,22 @@ def test_bench_precision_backends_are_validated(capsys):
     ):
         with pytest.raises(GhostnetError, match="unknown backend"):
             _parse_backend(bad)
+
+
+def test_squeeze_excite_pooling_exports_as_global_average_pool(tmp_path):
+    """x.mean((2, 3), keepdim=True) of a 4-D map becomes GlobalAveragePool (runs in ONNX
+    Runtime's blocked layout); other means stay ReduceMean; outputs checked by the export."""
+    import onnx
+
+    class Means(nn.Module):
+        def forward(self, x):
+            gate = torch.sigmoid(x.mean((2, 3), keepdim=True))  # -> GlobalAveragePool
+            flat = x.mean((-2, -1), keepdim=True)  # -> GlobalAveragePool (negative axes)
+            over_channels = x.mean(1, keepdim=True)  # stays: not a spatial pool
+            squeezed = x.mean((2, 3))  # stays: keepdim=False changes the shape
+            return x * gate + flat + over_channels + squeezed[:, :, None, None]
+
+    path, diff = export_onnx(Means(), tmp_path / "m.onnx", (4, 5, 6), batch_size=2)
+    ops = [n.op_type for n in onnx.load(str(path)).graph.node]
+    assert ops.count("GlobalAveragePool") == 2 and ops.count("ReduceMean") == 2
+    assert diff < 1e-5

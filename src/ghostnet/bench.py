@@ -279,6 +279,7 @@ def _parse_backend(backend: str) -> tuple[str, str, str]:
     for suffix in (SPLIT_SUFFIX, PAD_SUFFIX):
         if rest.endswith(suffix):
             rest, layout = rest[: -len(suffix)], suffix[1:]
+            break  # one layout at most: "-pad" already splits
     base = rest
     ok = base in BACKENDS and not (layout and base == "eager")
     ok = ok and (

@@ -391,6 +391,7 @@ def export_onnx(
             "the model must be traceable by torch.export or TorchScript"
         )
     proto = onnx.load(str(path))
+    global_pools(proto)
     for key, value in (metadata or {}).items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, json.dumps(value)
@@ -407,6 +408,47 @@ def export_onnx(
 
 
 _PROTOBUF_LIMIT = 2**31 - 2**26  # protobuf's 2 GiB message limit, less room for the graph
+
+
+def global_pools(proto: Any) -> int:
+    """Rewrite ``ReduceMean(x, axes=[2, 3], keepdims=1)`` of a 4-D ``x`` (how the exporter
+    writes a squeeze-excite's pooling, and ``adaptive_avg_pool2d(x, 1)``) as the equal
+    ``GlobalAveragePool(x)``. ONNX Runtime computes GlobalAveragePool in its blocked NCHWc
+    layout; before a ReduceMean it must reorder the whole map back to NCHW (at batch 16,
+    GhostNet-1.0x spent ~5% of its time in those reorders). Returns how many it rewrote."""
+    import onnx
+    from onnx import numpy_helper
+
+    graph = proto.graph
+    ranks = {
+        v.name: len(v.type.tensor_type.shape.dim)
+        for v in [*graph.value_info, *graph.input, *graph.output]
+        if v.type.tensor_type.HasField("shape")
+    }
+    constants = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Constant" and node.attribute:
+            attr = node.attribute[0]
+            if attr.name == "value":
+                constants[node.output[0]] = numpy_helper.to_array(attr.t)
+    rewritten = 0
+    for index, node in enumerate(list(graph.node)):
+        if node.op_type != "ReduceMean" or ranks.get(node.input[0]) != 4:
+            continue
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        if attrs.get("keepdims", 1) != 1 or attrs.get("noop_with_empty_axes", 0):
+            continue
+        axes = attrs.get("axes")
+        if axes is None and len(node.input) > 1 and node.input[1] in constants:
+            axes = constants[node.input[1]].tolist()
+        if axes is None or sorted(a % 4 for a in axes) != [2, 3]:
+            continue
+        pool = onnx.helper.make_node(
+            "GlobalAveragePool", [node.input[0]], list(node.output), name=node.name
+        )
+        graph.node[index].CopyFrom(pool)  # same place: the graph stays topologically sorted
+        rewritten += 1
+    return rewritten
 
 
 def _parameter_bytes(model: nn.Module) -> int:

@@ -59,6 +59,8 @@ ELEMENTWISE_FUNCTIONS = {
     F.dropout,
 }
 BINARY_FUNCTIONS = {operator.add, operator.mul, torch.add, torch.mul}
+# a conv with at most this many weights per output channel is cheap to compute twice
+CHEAP_FAN_IN = 32
 
 
 @dataclass
@@ -223,10 +225,12 @@ class _Rewriter:
 
     def resplittable(self, old: torch.fx.Node) -> bool:
         """``old`` is a dense conv, or activations of one, used only once: it can be
-        emitted again with its output rows split into any parts."""
-        if len(old.users) != 1:
-            return False
+        emitted again with its output rows split into any parts. A conv with at most
+        ``CHEAP_FAN_IN`` weights per output (an RGB stem: 27) may be used more than once:
+        computing it twice costs about what slicing and padding its output would."""
         target = self.modules.get(old.target) if old.op == "call_module" else None
+        if len(old.users) != 1 and not self.cheap_chain(old):
+            return False
         if isinstance(target, nn.Conv2d):
             return target.groups == 1 and target.padding_mode == "zeros"
         elementwise = isinstance(target, ELEMENTWISE_MODULES) or (
@@ -240,6 +244,17 @@ class _Rewriter:
             and isinstance(inner, torch.fx.Node)
             and self.resplittable(inner)
         )
+
+    def cheap_chain(self, old: torch.fx.Node) -> bool:
+        """``old`` is a conv of small fan-in, or single-argument activations of one."""
+        target = self.modules.get(old.target) if old.op == "call_module" else None
+        if isinstance(target, nn.Conv2d):
+            return target.weight[0].numel() <= CHEAP_FAN_IN
+        elementwise = isinstance(target, ELEMENTWISE_MODULES) or (
+            old.op == "call_function" and old.target in ELEMENTWISE_FUNCTIONS
+        )
+        inner = old.args[0] if old.args else None
+        return elementwise and isinstance(inner, torch.fx.Node) and self.cheap_chain(inner)
 
     def split_plain(self, old: torch.fx.Node, sizes: list[int], padded: list[int]) -> Parts:
         """An old node's value as parts of ``sizes`` channels (``padded`` in the new
