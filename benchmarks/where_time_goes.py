@@ -15,7 +15,7 @@ from pathlib import Path
 import onnxruntime as ort
 import torch
 
-from ghostnet.bench import resolve_model
+from ghostnet.bench import resolve_model, settle_batchnorm
 from ghostnet.deploy import export_onnx, fuse
 from ghostnet.models import create_model, default_input_size
 from ghostnet.split import split_concats
@@ -94,8 +94,10 @@ def main() -> None:
         for name in args.models.split(","):
             name = resolve_model(name)
             torch.manual_seed(0)
-            model = create_model(name).eval()
             size = default_input_size(name)
+            # BN statistics measured on random images, as `bench` does: with initial
+            # statistics a random net's activations can grow into slow denormal/huge values
+            model = settle_batchnorm(create_model(name), size)
             x = torch.randn(args.batch, *size)
             deploy = fuse(model)
             if args.split:

@@ -448,6 +448,14 @@ def global_pools(proto: Any) -> int:
         )
         graph.node[index].CopyFrom(pool)  # same place: the graph stays topologically sorted
         rewritten += 1
+    if rewritten:  # drop the axes constants nothing reads now (ONNX Runtime warns of them)
+        used = {name for node in graph.node for name in node.input}
+        used |= {o.name for o in graph.output}
+        for node in [n for n in graph.node if n.op_type == "Constant"]:
+            if not any(name in used for name in node.output):
+                graph.node.remove(node)
+        for tensor in [t for t in graph.initializer if t.name not in used]:
+            graph.initializer.remove(tensor)
     return rewritten
 
 

@@ -92,9 +92,18 @@ def _channels(node: torch.fx.Node) -> int | None:
 
 
 class _Rewriter:
-    def __init__(self, gm: torch.fx.GraphModule, pad_to: int = 0) -> None:
+    def __init__(
+        self,
+        gm: torch.fx.GraphModule,
+        pad_to: int = 0,
+        layouts: dict[str, tuple[list[int], list[int]]] | None = None,
+    ) -> None:
         self.gm = gm
         self.pad_to = pad_to
+        # shared cheap convs that some op wanted as parts: name -> (channels, padded).
+        # A second pass emits them split from the start instead of computing them again.
+        self.layouts = layouts if layouts is not None else {}
+        self.wanted: dict[str, tuple[list[int], list[int]]] = {}
         self.modules = dict(gm.named_modules())
         self.graph = torch.fx.Graph()
         self.env: dict[torch.fx.Node, torch.fx.Node | Parts] = {}
@@ -261,6 +270,8 @@ class _Rewriter:
         graph). A conv (or activations of a conv) used only here is emitted again split by
         output rows; anything else is sliced (and zero-padded)."""
         target = self.modules.get(old.target) if old.op == "call_module" else None
+        if self.resplittable(old) and len(old.users) > 1:
+            self.wanted.setdefault(old.name, (list(sizes), list(padded)))
         if self.resplittable(old) and isinstance(target, nn.Conv2d):
             source = self.env[old.args[0]]
             nodes, offset = [], 0
@@ -338,6 +349,11 @@ class _Rewriter:
         )
 
     def visit(self, node: torch.fx.Node) -> object:
+        layout = self.layouts.get(node.name)
+        if layout is not None and node.op == "call_module":
+            module = self.modules[node.target]
+            if isinstance(module, nn.Conv2d) and module.groups == 1:
+                return self.split_plain(node, *layout)
         first = node.args[0] if node.args else None
         parts = self.env.get(first) if isinstance(first, torch.fx.Node) else None
         rest = tuple(self.plain(a) for a in node.args[1:])
@@ -432,7 +448,16 @@ def split_concats(
     channels (zero weights: outputs unchanged)."""
     if pad_to < 0:
         raise ValueError(f"pad_to must be >= 0, got {pad_to}")
-    gm = torch.fx.symbolic_trace(model.eval())
-    example = torch.zeros(1, *input_size)
-    ShapeProp(gm).propagate(example)
-    return _Rewriter(gm, pad_to).run()
+
+    def traced() -> torch.fx.GraphModule:
+        gm = torch.fx.symbolic_trace(model.eval())
+        ShapeProp(gm).propagate(torch.zeros(1, *input_size))
+        return gm
+
+    first = _Rewriter(traced(), pad_to)
+    out = first.run()
+    if not first.wanted:
+        return out
+    # a shared cheap conv (the stem) was computed again as parts for some op: emit it as
+    # those parts from the start, so it is computed once (its other users read the parts)
+    return _Rewriter(traced(), pad_to, layouts=first.wanted).run()
