@@ -265,12 +265,15 @@ class _Rewriter:
         inner = old.args[0] if old.args else None
         return elementwise and isinstance(inner, torch.fx.Node) and self.cheap_chain(inner)
 
-    def split_plain(self, old: torch.fx.Node, sizes: list[int], padded: list[int]) -> Parts:
+    def split_plain(
+        self, old: torch.fx.Node, sizes: list[int], padded: list[int], shared: bool = False
+    ) -> Parts:
         """An old node's value as parts of ``sizes`` channels (``padded`` in the new
         graph). A conv (or activations of a conv) used only here is emitted again split by
         output rows; anything else is sliced (and zero-padded)."""
         target = self.modules.get(old.target) if old.op == "call_module" else None
-        if self.resplittable(old) and len(old.users) > 1:
+        shared = shared or len(old.users) > 1  # this chain is also computed whole
+        if shared and self.resplittable(old):
             self.wanted.setdefault(old.name, (list(sizes), list(padded)))
         if self.resplittable(old) and isinstance(target, nn.Conv2d):
             source = self.env[old.args[0]]
@@ -298,7 +301,7 @@ class _Rewriter:
                 offset += c
             return Parts(nodes, list(sizes), list(padded))
         if self.resplittable(old):  # activations of a conv
-            split = self.split_plain(old.args[0], sizes, padded)
+            split = self.split_plain(old.args[0], sizes, padded, shared)
             if old.op == "call_module":
                 nodes = [self.graph.call_module(old.target, (p,)) for p in split.nodes]
             else:
