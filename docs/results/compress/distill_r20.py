@@ -1,6 +1,7 @@
 """Distil the inherited Ghost-ResNet-20 of r20_c0 (BN re-estimated) from its original:
 the same engine.fit call `ghostnet compress` makes, run on its own to skip compress's
 repeated inherit + evaluations (already in r20_c0/summary.json)."""
+
 import json
 import sys
 
@@ -8,14 +9,21 @@ from ghostnet.config import config_from
 from ghostnet.engine import fit
 
 out, subset, epochs = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-c0 = json.load(open("/work/runs/compress/r20_c0/summary.json"))
+with open("/work/runs/compress/r20_c0/summary.json") as f:
+    c0 = json.load(f)
 spec = c0["inherited"]["checkpoint"]
 config = config_from(
     "cifar-fast",
     model="resnet20_cifar",
     model_kwargs={"num_classes": 10},
-    ghostify={"ratio": 2, "dw_size": 3, "skip_first": True, "include": None, "exclude": None,
-              "inherited": True},
+    ghostify={
+        "ratio": 2,
+        "dw_size": 3,
+        "skip_first": True,
+        "include": None,
+        "exclude": None,
+        "inherited": True,
+    },
     data="/work/shared/data/cifar10",
     out=out,
     epochs=epochs,
