@@ -43,7 +43,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--backends",
         default="eager,onnxruntime",
-        help=f"comma-separated, from {', '.join(BACKENDS)}",
+        help=f"comma-separated, from {', '.join(BACKENDS)}; a non-eager one may end in "
+        "-split (Ghost concats kept apart) or -pad (split, parts padded to the CPU's channel "
+        "block: fastest for Ghost models in onnxruntime)",
     )
     p.add_argument(
         "--precision",
