@@ -1,6 +1,7 @@
 import copy
 import json
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -364,3 +365,36 @@ def test_squeeze_excite_pooling_exports_as_global_average_pool(tmp_path):
     ops = [n.op_type for n in onnx.load(str(path)).graph.node]
     assert ops.count("GlobalAveragePool") == 2 and ops.count("ReduceMean") == 2
     assert diff < 1e-5
+
+
+def test_global_pools_leaves_what_it_cannot_prove_alone():
+    """Integer maps (GlobalAveragePool is float-only) and axes that are graph inputs (a
+    caller may feed others) keep their ReduceMean; nothing they read is dropped."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from ghostnet.deploy import global_pools
+
+    def model(dtype, axes_is_input):
+        axes = numpy_helper.from_array(np.array([2, 3], dtype=np.int64), "axes")
+        inputs = [helper.make_tensor_value_info("x", dtype, [1, 2, 3, 3])]
+        if axes_is_input:
+            inputs.append(helper.make_tensor_value_info("axes", TensorProto.INT64, [2]))
+        graph = helper.make_graph(
+            [helper.make_node("ReduceMean", ["x", "axes"], ["y"])],
+            "g",
+            inputs,
+            [helper.make_tensor_value_info("y", dtype, [1, 2, 1, 1])],
+            initializer=[axes],
+        )
+        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+
+    for dtype, axes_is_input in ((TensorProto.INT32, False), (TensorProto.FLOAT, True)):
+        proto = model(dtype, axes_is_input)
+        assert global_pools(proto) == 0
+        assert [n.op_type for n in proto.graph.node] == ["ReduceMean"]
+        assert [t.name for t in proto.graph.initializer] == ["axes"]
+        onnx.checker.check_model(proto)
+    proto = model(TensorProto.FLOAT, False)
+    assert global_pools(proto) == 1 and not proto.graph.initializer
+    onnx.checker.check_model(proto)

@@ -106,3 +106,11 @@ def test_rules_on_a_small_graph():
     with torch.no_grad():
         assert torch.allclose(split(x), net(x), atol=1e-5)
     assert _count(split, torch.cat) <= 1  # "* 2.0" (a scalar) makes one materialise
+
+
+def test_padding_leaves_non_zero_padding_modes_alone():
+    net = nn.Sequential(nn.Conv2d(4, 5, 3, padding=1, padding_mode="reflect"), nn.ReLU()).eval()
+    padded = split_concats(net, (4, 5, 5), pad_to=8)
+    x = torch.randn(2, 4, 5, 5)
+    with torch.no_grad():
+        assert torch.allclose(padded(x), net(x), atol=1e-6)

@@ -420,12 +420,17 @@ def global_pools(proto: Any) -> int:
     from onnx import numpy_helper
 
     graph = proto.graph
+    floating = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16}
+    # rank-4 floating tensors only: GlobalAveragePool pools every spatial dim, floats only
     ranks = {
         v.name: len(v.type.tensor_type.shape.dim)
         for v in [*graph.value_info, *graph.input, *graph.output]
-        if v.type.tensor_type.HasField("shape")
+        if v.type.tensor_type.HasField("shape") and v.type.tensor_type.elem_type in floating
     }
-    constants = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    inputs = {i.name for i in graph.input}  # an initializer that is an input can be fed
+    constants = {
+        t.name: numpy_helper.to_array(t) for t in graph.initializer if t.name not in inputs
+    }
     for node in graph.node:
         if node.op_type == "Constant" and node.attribute:
             attr = node.attribute[0]
@@ -448,13 +453,14 @@ def global_pools(proto: Any) -> int:
         )
         graph.node[index].CopyFrom(pool)  # same place: the graph stays topologically sorted
         rewritten += 1
-    if rewritten:  # drop the axes constants nothing reads now (ONNX Runtime warns of them)
+    subgraphs = any(a.type in (a.GRAPH, a.GRAPHS) for n in graph.node for a in n.attribute)
+    if rewritten and not subgraphs:  # drop the axes constants nothing reads now (ORT warns)
         used = {name for node in graph.node for name in node.input}
         used |= {o.name for o in graph.output}
         for node in [n for n in graph.node if n.op_type == "Constant"]:
             if not any(name in used for name in node.output):
                 graph.node.remove(node)
-        for tensor in [t for t in graph.initializer if t.name not in used]:
+        for tensor in [t for t in graph.initializer if t.name not in used | inputs]:
             graph.initializer.remove(tensor)
     return rewritten
 

@@ -201,6 +201,8 @@ class _Rewriter:
         rows = self.padded(conv.out_channels)
         if rows == conv.out_channels or conv.groups != 1 or len(node.args) != 1 or node.kwargs:
             return None
+        if conv.padding_mode != "zeros":  # emit_conv's pieces pad with zeros
+            return None
         w = _pad_rows(conv.weight, rows)
         b = None if conv.bias is None else _pad_rows(conv.bias, rows)
         out = self.emit_conv(str(node.target), conv, w, b, 1, self.plain(node.args[0]))
