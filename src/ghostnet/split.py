@@ -244,28 +244,27 @@ class _Rewriter:
             return False
         if isinstance(target, nn.Conv2d):
             return target.groups == 1 and target.padding_mode == "zeros"
+        inner = self.activation_input(old)
+        return inner is not None and self.resplittable(inner)
+
+    def activation_input(self, old: torch.fx.Node) -> torch.fx.Node | None:
+        """The input of ``old`` when ``old`` is a one-argument elementwise activation."""
+        target = self.modules.get(old.target) if old.op == "call_module" else None
         elementwise = isinstance(target, ELEMENTWISE_MODULES) or (
             old.op == "call_function" and old.target in ELEMENTWISE_FUNCTIONS
         )
         inner = old.args[0] if old.args else None
-        return (
-            elementwise
-            and len(old.args) == 1
-            and not old.kwargs
-            and isinstance(inner, torch.fx.Node)
-            and self.resplittable(inner)
-        )
+        if elementwise and len(old.args) == 1 and not old.kwargs:
+            return inner if isinstance(inner, torch.fx.Node) else None
+        return None
 
     def cheap_chain(self, old: torch.fx.Node) -> bool:
         """``old`` is a conv of small fan-in, or single-argument activations of one."""
         target = self.modules.get(old.target) if old.op == "call_module" else None
         if isinstance(target, nn.Conv2d):
             return target.weight[0].numel() <= CHEAP_FAN_IN
-        elementwise = isinstance(target, ELEMENTWISE_MODULES) or (
-            old.op == "call_function" and old.target in ELEMENTWISE_FUNCTIONS
-        )
-        inner = old.args[0] if old.args else None
-        return elementwise and isinstance(inner, torch.fx.Node) and self.cheap_chain(inner)
+        inner = self.activation_input(old)
+        return inner is not None and self.cheap_chain(inner)
 
     def split_plain(
         self, old: torch.fx.Node, sizes: list[int], padded: list[int], shared: bool = False
