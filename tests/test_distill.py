@@ -3,6 +3,7 @@ a teacher (eval mode, no grad, once per batch, never saved, resumable)."""
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -10,7 +11,7 @@ import torch
 
 from ghostnet import GhostnetError, ModelSpec, create_model
 from ghostnet.checkpoint import read_checkpoint
-from ghostnet.distill import TrainLoss, kd_loss, load_teacher
+from ghostnet.distill import FeatureMatch, TrainLoss, kd_loss, load_teacher
 from ghostnet.engine import config_from, fit
 
 from .imagegen import make_image_folder
@@ -134,3 +135,82 @@ def test_run_with_teacher(data_and_teacher, tmp_path, monkeypatch):
     )
     fit(more, resume=out / "last.pt")
     assert len(calls) == 3  # the teacher was rebuilt for the resumed epoch
+
+
+def _two_layer_pair() -> tuple[torch.nn.Module, torch.nn.Module]:
+    torch.manual_seed(0)
+    teacher = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(4, 2, 1)
+    )
+    student = copy.deepcopy(teacher)
+    return student, teacher
+
+
+def test_feature_match_loss_is_the_mean_relative_error():
+    student, teacher = _two_layer_pair()
+    features = FeatureMatch(student, teacher, "0, 2", 3.0, (3, 8, 8), torch.device("cpu"))
+    assert features.names == ["0", "2"]
+    x = torch.randn(2, 3, 8, 8)
+    student(x), teacher(x)
+    assert features.loss().item() == pytest.approx(0.0, abs=1e-12)  # identical maps
+    with torch.no_grad():
+        student[2].bias += 0.5  # only the last map moves, by 0.5 everywhere
+    out_s = student(x)
+    with torch.no_grad():
+        out_t = teacher(x)
+    expected = 3.0 * (0.25 / out_t.pow(2).mean().item()) / 2  # mean over the 2 modules
+    loss = features.loss()
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+    loss.backward()  # the gradient reaches the student's weights
+    assert student[2].bias.grad is not None and student[2].bias.grad.abs().sum() > 0
+    assert out_s.requires_grad and not features.maps["student"]  # read and forgotten
+
+
+def test_feature_match_checks_are_one_line():
+    student, teacher = _two_layer_pair()
+    size, cpu = (3, 8, 8), torch.device("cpu")
+    with pytest.raises(GhostnetError, match=r"matches no module .* they share: 0, 1, 2"):
+        FeatureMatch(student, teacher, "layer*", 1.0, size, cpu)
+    student[2] = torch.nn.Conv2d(4, 5, 1)
+    with pytest.raises(GhostnetError, match="module '2' outputs \\(5, 8, 8\\) in the student"):
+        FeatureMatch(student, teacher, "*", 1.0, size, cpu)
+    with pytest.raises(GhostnetError, match="--kd-features needs --teacher"):
+        config_from(None, model="resnet20_cifar", data="d", out="o", kd_features="layer1.*")
+
+
+def test_run_with_feature_distillation_pulls_the_maps_to_the_teachers(
+    data_and_teacher, tmp_path, monkeypatch
+):
+    """The engine adds the feature term to the loss it optimises, once per step: the
+    student's relative error to the teacher's block outputs falls as it trains."""
+    data, teacher_path = data_and_teacher
+    import ghostnet.distill as distill
+
+    seen: list[tuple[float, bool]] = []
+    real_loss = distill.FeatureMatch.loss
+
+    def spying_loss(self):
+        value = real_loss(self)
+        seen.append((value.item() / self.weight, value.requires_grad))
+        return value
+
+    monkeypatch.setattr(distill.FeatureMatch, "loss", spying_loss)
+    config = config_from(
+        None,
+        model="resnet20_cifar",
+        data=str(data),
+        out=str(tmp_path / "student"),
+        epochs=4,
+        batch_size=8,
+        lr=0.05,
+        seed=1,  # not the teacher's initial weights
+        teacher=str(teacher_path),
+        kd_features="layer?.?",
+        kd_feature_weight=20.0,
+        quiet=True,
+    )
+    fit(config)
+    assert len(seen) == 12 and all(grad for _, grad in seen)  # 4 epochs x 3 steps
+    first = sum(v for v, _ in seen[:3]) / 3
+    last = sum(v for v, _ in seen[-3:]) / 3
+    assert last < 0.8 * first, (first, last)

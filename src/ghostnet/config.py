@@ -144,6 +144,19 @@ class TrainConfig:
         low_open=True,
         group="distillation",
     )
+    kd_features: str | None = option(
+        None,
+        "also match the teacher's feature maps: comma-separated module names (shell patterns, "
+        "e.g. 'layer*.*') present in both models with outputs of the same shape; the loss "
+        "adds --kd-feature-weight x their mean squared error relative to the teacher's",
+        group="distillation",
+    )
+    kd_feature_weight: float = option(
+        1.0,
+        "weight of the feature-map term of --kd-features",
+        low=0,
+        group="distillation",
+    )
     init_weights: str | None = option(
         None,
         "start the model from these weights (a training checkpoint or a weights file, "
@@ -233,6 +246,8 @@ class TrainConfig:
             )
         if self.teacher is not None and not str(self.teacher).strip():
             raise GhostnetError("--teacher is empty: give a checkpoint path or a model name")
+        if self.kd_features is not None and self.teacher is None:
+            raise GhostnetError("--kd-features needs --teacher (the model whose maps to match)")
 
     @property
     def spec(self) -> Any:

@@ -9,8 +9,10 @@ from its name or file when a run resumes.
 
 from __future__ import annotations
 
+import fnmatch
 import logging
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -47,12 +49,112 @@ class TrainLoss(nn.Module):
         logits: torch.Tensor,
         targets: torch.Tensor,
         teacher_logits: torch.Tensor | None = None,
+        features: FeatureMatch | None = None,
     ) -> torch.Tensor:
         hard = self.ce(logits, targets)
         if teacher_logits is None or self.kd_alpha == 0:
-            return hard
-        soft = kd_loss(logits, teacher_logits, self.kd_temperature)
-        return (1 - self.kd_alpha) * hard + self.kd_alpha * soft
+            loss = hard
+        else:
+            soft = kd_loss(logits, teacher_logits, self.kd_temperature)
+            loss = (1 - self.kd_alpha) * hard + self.kd_alpha * soft
+        if features is not None:
+            loss = loss + features.loss()
+        return loss
+
+
+class FeatureMatch:
+    """Forward hooks on the same-named modules of student and teacher, and their loss.
+
+    ``loss()`` is ``weight x`` the mean over the matched modules of
+    ``||student - teacher||^2 / ||teacher||^2`` (relative, so a 64-channel map and a
+    16-channel one weigh the same); it reads and forgets the maps of the last forward.
+    """
+
+    def __init__(
+        self,
+        student: nn.Module,
+        teacher: nn.Module,
+        patterns: str,
+        weight: float,
+        input_size: tuple[int, int, int],
+        device: torch.device,
+    ) -> None:
+        self.names = matched_modules(student, teacher, patterns)
+        self.weight = weight
+        self.maps: dict[str, dict[str, torch.Tensor]] = {"student": {}, "teacher": {}}
+        self.handles = []
+        for side, model in (("student", student), ("teacher", teacher)):
+            modules = dict(model.named_modules())
+            for name in self.names:
+                hook = self._keeper(self.maps[side], name)
+                self.handles.append(modules[name].register_forward_hook(hook))
+        self._check_shapes(student, teacher, input_size, device)
+
+    @staticmethod
+    def _keeper(store: dict[str, torch.Tensor], name: str) -> Any:
+        def keep(module: nn.Module, inputs: Any, output: Any) -> None:
+            store[name] = output
+
+        return keep
+
+    def _check_shapes(
+        self,
+        student: nn.Module,
+        teacher: nn.Module,
+        input_size: tuple[int, int, int],
+        device: torch.device,
+    ) -> None:
+        was_training = student.training
+        student.eval()
+        with torch.no_grad():
+            student(torch.zeros(1, *input_size, device=device))
+            teacher(torch.zeros(1, *input_size, device=device))
+        student.train(was_training)
+        for name in self.names:
+            s, t = self.maps["student"][name], self.maps["teacher"][name]
+            if not isinstance(s, torch.Tensor) or not isinstance(t, torch.Tensor):
+                raise GhostnetError(
+                    f"--kd-features: module {name!r} does not return one tensor; match "
+                    "modules that output a feature map"
+                )
+            if s.shape != t.shape:
+                raise GhostnetError(
+                    f"--kd-features: module {name!r} outputs {tuple(s.shape[1:])} in the "
+                    f"student but {tuple(t.shape[1:])} in the teacher; match modules whose "
+                    "outputs have the same shape"
+                )
+        self.clear()
+
+    def clear(self) -> None:
+        for store in self.maps.values():
+            store.clear()
+
+    def loss(self) -> torch.Tensor:
+        terms = []
+        for name in self.names:
+            s = self.maps["student"][name].float()
+            t = self.maps["teacher"][name].float()
+            terms.append((s - t).pow(2).mean() / t.pow(2).mean().clamp_min(1e-8))
+        self.clear()
+        return self.weight * torch.stack(terms).mean()
+
+
+def matched_modules(student: nn.Module, teacher: nn.Module, patterns: str) -> list[str]:
+    """Module names in both models matching any of the comma-separated shell patterns."""
+    wanted = [p.strip() for p in patterns.split(",") if p.strip()]
+    in_teacher = {name for name, _ in teacher.named_modules() if name}
+    names = [
+        name
+        for name, _ in student.named_modules()
+        if name in in_teacher and any(fnmatch.fnmatchcase(name, p) for p in wanted)
+    ]
+    if not names:
+        shared = [n for n, _ in student.named_modules() if n in in_teacher and "." not in n]
+        raise GhostnetError(
+            f"--kd-features {patterns!r} matches no module that both the student and the "
+            f"teacher have; top-level names they share: {', '.join(shared[:8]) or 'none'}"
+        )
+    return names
 
 
 def load_teacher(

@@ -64,7 +64,7 @@ from .data import (
     collate_skipping,
     open_data,
 )
-from .distill import TrainLoss, load_teacher
+from .distill import FeatureMatch, TrainLoss, load_teacher
 from .errors import GhostnetError
 from .files import check_output_folder
 from .models import ModelSpec
@@ -619,6 +619,7 @@ class RunInfo:
     teacher: nn.Module | None
     mixer: Any
     loss: TrainLoss
+    features: FeatureMatch | None = None  # --kd-features: hooks on student and teacher
     wall_start: float = field(default_factory=time.perf_counter)
 
     @property
@@ -849,7 +850,7 @@ def train_step(
         if run.teacher is not None:
             with torch.no_grad():
                 teacher_logits = run.teacher(images)
-        loss = run.loss(logits, targets, teacher_logits)
+        loss = run.loss(logits, targets, teacher_logits, run.features)
     state.meters.update(loss, logits, targets)
     if config.on_nonfinite == "skip":
         (finite,) = run.collectives.agree(torch.isfinite(loss))
@@ -1083,6 +1084,11 @@ def open_run(
     )
     if teacher is not None and config.channels_last:
         teacher.to(memory_format=torch.channels_last)
+    features = None
+    if teacher is not None and config.kd_features:
+        features = FeatureMatch(
+            model, teacher, config.kd_features, config.kd_feature_weight, input_size, device
+        )
     run = RunInfo(
         config=config,
         out=out,
@@ -1101,6 +1107,7 @@ def open_run(
             config.kd_alpha if teacher is not None else 0.0,
             config.kd_temperature,
         ),
+        features=features,
     )
     state = build_state(run, model)
     torch.manual_seed(config.seed + ddp.rank)  # training randomness (dropout, mixup) per rank
@@ -1128,6 +1135,13 @@ def _announce(run: RunInfo, state: TrainState, resume: Any) -> None:
         run.steps_per_epoch,
         f"; teacher {c.teacher} (alpha {c.kd_alpha}, T {c.kd_temperature})" if c.teacher else "",
     )
+    if run.features is not None:
+        log.info(
+            "feature distillation (weight %g) at %d modules: %s",
+            c.kd_feature_weight,
+            len(run.features.names),
+            ", ".join(run.features.names),
+        )
     log.info(
         "data preset %s: input %dx%d, mean %s, std %s",
         p.name,
