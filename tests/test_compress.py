@@ -5,10 +5,16 @@ import json
 import pytest
 import torch
 
-from ghostnet import GhostConv2d
+from ghostnet import GhostConv2d, create_model, ghostify
 from ghostnet.checkpoint import atomic_save, model_from_checkpoint
 from ghostnet.cli import main
-from ghostnet.compress import CompressOptions, compress, reestimate_bn, training_checkpoint
+from ghostnet.compress import (
+    CompressOptions,
+    block_names,
+    compress,
+    reestimate_bn,
+    training_checkpoint,
+)
 from ghostnet.data import choose_preset
 from ghostnet.models import ModelSpec
 from ghostnet.weights import save_weights
@@ -98,10 +104,13 @@ def test_compress_refine_and_bn_choice_are_recorded(tiny):
 @pytest.mark.slow
 def test_compress_distils_from_the_original(tiny):
     root = tiny[0]
-    assert main(_args(tiny, "c1", "--epochs", "1", "--batch-size", "8")) == 0
+    extra = ("--epochs", "1", "--batch-size", "8", "--kd-features", "blocks")
+    assert main(_args(tiny, "c1", *extra)) == 0
     summary = json.loads((root / "c1" / "summary.json").read_text())
     distilled = summary["distilled"]
     assert distilled["epochs"] == 1 and distilled["top1"] is not None
+    blocks = [f"layer{stage}.{block}" for stage in (1, 2, 3) for block in range(3)]
+    assert distilled["kd_features"] == ",".join(blocks)  # 'blocks': ResNet-20's nine
     run = json.loads((root / "c1" / "distill" / "summary.json").read_text())
     assert run["teacher"] == str(tiny[2]) and run["config"]["init_weights"].endswith("inherited.pt")
     assert run["config"]["ghostify"]["inherited"] is True
@@ -136,6 +145,7 @@ def test_compress_model_name_with_weights_file(tiny, tmp_path):
         (["--ratio", "1"], "--ratio: must be >= 2"),
         (["--kd-alpha", "1.5"], "--kd-alpha: must be in [0, 1]"),
         (["--bn-images", "5"], "--bn-images must be 0 (off) or >= 16"),
+        (["--epochs", "1", "--kd-features", "stage*"], "matches no module"),
     ],
 )
 def test_compress_errors_are_one_line(tiny, capsys, extra, fragment):
@@ -161,6 +171,20 @@ def test_compress_refuses_wrong_classes_and_reused_out(tiny, tmp_path, capsys):
     (out / "summary.json").write_text("{}")
     assert main(_args(tiny, out, "--epochs", "0")) == 2
     assert "already holds a run (summary.json)" in capsys.readouterr().err
+
+
+def test_block_names_are_the_blocks_that_hold_converted_convs():
+    for name, expected in (
+        ("mobilenetv2_cifar", [f"blocks.{i}" for i in range(17)] + ["head_conv"]),
+        ("vgg16_cifar", None),
+    ):
+        model = ghostify(create_model(name), ratio=2)
+        converted = [n for n, m in model.named_modules() if isinstance(m, GhostConv2d)]
+        found = block_names(model, converted)
+        if expected is None:  # VGG: the convs sit in the Sequential itself
+            assert found == converted
+        else:
+            assert found == expected
 
 
 def test_reestimate_bn_measures_the_statistics_again():

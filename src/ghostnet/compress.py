@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from .config import config_from
 from .convert import ghostify
 from .counting import profile
 from .data import ImageDataset, Preset, balanced_subset, build_transform, choose_preset, open_data
+from .distill import matched_modules
 from .errors import GhostnetError
 from .inherit import MIN_CALIBRATION_IMAGES, inherit_weights
 from .layers import GhostConv2d
@@ -58,6 +59,8 @@ class CompressOptions:
     batch_size: int | None = None
     kd_alpha: float | None = None
     kd_temperature: float | None = None
+    kd_features: str | None = None  # module-name patterns, or "blocks" (see block_names)
+    kd_feature_weight: float | None = None
     train_subset: int | None = None
     eval_subset: int | None = None
     seed: int = 0
@@ -221,6 +224,28 @@ def training_checkpoint(
     }
 
 
+def block_names(model: nn.Module, converted: list[str]) -> list[str]:
+    """The blocks holding converted convs: for each, the shortest prefix of its name that is
+    an element of a Sequential/ModuleList (ResNet's ``layer1.0``, MobileNet's ``blocks.3``
+    or ``features.3``; a VGG conv that sits in the Sequential itself is its own block).
+    Their outputs keep the original's shapes, so they are where the student can be held
+    to the teacher's maps (``--kd-features blocks``)."""
+    modules = dict(model.named_modules())
+    found: list[str] = []
+    for name in converted:
+        parts = name.split(".")
+        for end in range(1, len(parts) + 1):
+            parent = modules[".".join(parts[: end - 1])]
+            if isinstance(parent, (nn.Sequential, nn.ModuleList)):
+                prefix = ".".join(parts[:end])
+                if prefix not in found:
+                    found.append(prefix)
+                break
+        else:
+            found.append(name)  # no container: the conv's own output
+    return found
+
+
 def compress(options: CompressOptions) -> dict[str, Any]:
     """Inherit, evaluate, distil, evaluate; writes ``summary.json`` and returns it."""
     from .engine import fit, pick_device
@@ -288,6 +313,8 @@ def compress(options: CompressOptions) -> dict[str, Any]:
             init_weights=str(inherited_path),
             kd_alpha=options.kd_alpha,
             kd_temperature=options.kd_temperature,
+            kd_features=options.kd_features,
+            kd_feature_weight=options.kd_feature_weight,
             batch_size=options.batch_size,
             train_subset=options.train_subset,
             eval_subset=options.eval_subset,
@@ -299,6 +326,8 @@ def compress(options: CompressOptions) -> dict[str, Any]:
             quiet=options.quiet,
         )
         config = config_from(options.recipe, **overrides)
+        if config.kd_features not in (None, "blocks"):  # the student keeps these names
+            matched_modules(model, model, config.kd_features)
 
     # 1. calibrate and inherit
     start = time.perf_counter()
@@ -316,6 +345,8 @@ def compress(options: CompressOptions) -> dict[str, Any]:
     )
     converted.eval()
     inherit_s = time.perf_counter() - start
+    if config is not None and config.kd_features == "blocks":
+        config = replace(config, kd_features=",".join(block_names(converted, names)))
     counts_before, counts_after = profile(model, size), profile(converted, size)
 
     # 2. evaluate before any training; then with BN statistics re-estimated (no training)
@@ -398,6 +429,8 @@ def compress(options: CompressOptions) -> dict[str, Any]:
             "lr": config.lr,
             "kd_alpha": config.kd_alpha,
             "kd_temperature": config.kd_temperature,
+            "kd_features": config.kd_features,
+            "kd_feature_weight": config.kd_feature_weight if config.kd_features else None,
             "batch_size": config.batch_size,
             "recipe": config.recipe,
             "wall_s": time.perf_counter() - start,

@@ -85,6 +85,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int_at_least(1))
     p.add_argument("--kd-alpha", type=float_between(0, 1), help="weight of the distillation term")
     p.add_argument("--kd-temperature", type=float_above(0))
+    p.add_argument(
+        "--kd-features",
+        metavar="PATTERNS|blocks",
+        help="also distil feature maps: 'blocks' (the outputs of the blocks that hold "
+        "converted convs) or comma-separated module-name patterns",
+    )
+    p.add_argument(
+        "--kd-feature-weight", type=float_between(0, 1000), help="weight of the feature term (1)"
+    )
     p.add_argument("--train-subset", type=int_at_least(1), help="distil on N class-balanced images")
     p.add_argument(
         "--eval-subset", type=int_at_least(1), help="evaluate on N class-balanced images"
@@ -122,6 +131,8 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         kd_alpha=args.kd_alpha,
         kd_temperature=args.kd_temperature,
+        kd_features=args.kd_features,
+        kd_feature_weight=args.kd_feature_weight,
         train_subset=args.train_subset,
         eval_subset=args.eval_subset,
         seed=args.seed,
