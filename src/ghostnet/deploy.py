@@ -562,7 +562,9 @@ class OnnxSession:
             raise GhostnetError(
                 f"{self.path.name} expects input {expected}, got {list(array.shape)}{hint}"
             )
-        (out,) = self.session.run(None, {self.input.name: array.astype("float32")})
+        # copy=False: a float32 batch goes in as it is (a copy per call is a whole extra
+        # pass over the input, ~0.5 ms for a 6 MB batch: visible in module timings)
+        (out,) = self.session.run(None, {self.input.name: array.astype("float32", copy=False)})
         return torch.from_numpy(out)
 
 
