@@ -10,6 +10,8 @@ run on its own so that several distillation settings share one inherit.
     OMP_NUM_THREADS=1 python distill_features_r20.py --out f5 --features 'layer?.?' --weight 5
     OMP_NUM_THREADS=1 python distill_features_r20.py --out b64 --features 'layer?.?' --batch 64
     OMP_NUM_THREADS=1 python distill_features_r20.py --out b32 --features 'layer?.?' --batch 32
+    OMP_NUM_THREADS=1 python distill_features_r20.py --out b64e8 --features 'layer?.?' \
+        --batch 64 --epochs 8
 """
 
 import argparse
