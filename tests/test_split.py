@@ -114,3 +114,122 @@ def test_padding_leaves_non_zero_padding_modes_alone():
     x = torch.randn(2, 4, 5, 5)
     with torch.no_grad():
         assert torch.allclose(padded(x), net(x), atol=1e-6)
+
+
+# -- adversarial graphs: the rewrite must match eager (or keep the concat) ---------------
+
+
+def _check(net, size=(3, 6, 6)):
+    """``net`` rewritten (plain and padded to 16) gives eager's output on the same input."""
+    net = net.eval()
+    x = torch.randn(2, *size)
+    with torch.no_grad():
+        expected = net(x.clone())
+        for pad_to in (0, 16):
+            got = split_concats(net, size, pad_to=pad_to)(x.clone())
+            assert got.shape == expected.shape, pad_to
+            assert torch.allclose(got, expected, atol=1e-5), pad_to
+
+
+class _Ghost(nn.Module):
+    """``cat([a(x), b(x)], 1)`` (4 + 6 channels), then ``kind`` decides what follows."""
+
+    def __init__(self, kind):
+        super().__init__()
+        self.kind = kind
+        self.a = nn.Conv2d(3, 4, 1)
+        self.b = nn.Conv2d(3, 6, 3, padding=1)
+        self.c = nn.Conv2d(10, 5, 1)
+        self.d = nn.Conv2d(4, 5, 1)
+        self.act = nn.ReLU(inplace=True)
+        self.pool = nn.MaxPool2d(2, return_indices=True)
+        self.gap = nn.AdaptiveAvgPool2d(2)
+        self.w = nn.Parameter(torch.randn(10, 1, 1))
+        self.v = nn.Parameter(torch.randn(1, 10))
+        self.s = nn.Parameter(torch.tensor(0.5))
+        self.pre = nn.Conv2d(3, 3, 1)
+        self.side = nn.Conv2d(3, 10, 1)
+
+    def forward(self, x):
+        k = self.kind
+        if k == "moved_conv":  # side(h) runs before h changes in place; its add after
+            h = self.pre(x)
+            y = self.side(h)
+            h.relu_()
+            return torch.cat([self.a(h), self.b(h)], 1) + y
+        a = self.a(x)
+        t = torch.cat([a, self.b(x)], 1)
+        if k in ("module", "function", "method", "view"):
+            v = t[:, 2:6] if k == "view" else None  # a view of t, taken before the change
+            if k == "module":
+                r = self.act(t)
+            elif k == "function":
+                r = F.relu(t, inplace=True)
+            else:
+                r = t.relu_()
+            out = self.c(t) + self.c(r) * 0.5 + self.d(a)  # t changed, a (a cat input) not
+            return out if v is None else out + v.sum(1, keepdim=True)
+        if k == "input_changed":  # a cat input changed after the cat: t keeps a's old values
+            a.relu_()
+            return self.c(t) + self.d(a)
+        if k == "lone_module":  # nothing else reads t: the split is kept
+            return self.c(self.act(t))
+        if k == "mean_neg":
+            return t.mean(dim=-3, keepdim=True) + torch.mean(t, dim=(-3,), keepdim=True)
+        if k == "mean_batch":  # channels move to dim 0
+            return t.mean(0).unsqueeze(0) + t.mean(dim=(0, 2), keepdim=True)
+        if k == "mean_3d_pool":  # a 3-D (N, C, H) map: the pool reads it as unbatched
+            return self.gap(t.mean(3))
+        if k == "mul_c11":
+            return t * self.w + self.s
+        if k == "mul_1c":  # (1, C) broadcasts against W (W == C here)
+            return t * self.v
+        if k == "mul_2d":  # (N, C) parts times a (1, C) tensor
+            return self.c(t).sum() + t.mean((2, 3)) * self.v
+        if k == "cat_keyword":
+            return self.c(torch.cat(tensors=[a, self.b(x)], dim=1))
+        if k == "cat_negative":
+            return self.c(torch.cat([a, self.b(x)], -3))
+        if k == "chunk":
+            return self.c(torch.cat(t.chunk(2, 1), 1) + torch.cat(torch.split(t, [3, 7], 1), 1))
+        if k == "unpacked_chunk":
+            p, q = t.chunk(2, 1)
+            return self.c(torch.cat([q, p], 1))
+        if k == "pool_indices":
+            values, indices = self.pool(t)
+            return values + indices.float()
+        raise ValueError(k)
+
+
+@pytest.mark.parametrize(
+    "kind", ["module", "function", "method", "view", "input_changed", "lone_module"]
+)
+def test_in_place_activations_of_a_split_concat(kind):
+    _check(_Ghost(kind))
+    if kind == "lone_module":  # a lone in-place activation of the concat is still split
+        assert _count(split_concats(_Ghost(kind).eval(), (3, 6, 6)), torch.cat) == 0
+
+
+@pytest.mark.parametrize("kind", ["mean_neg", "mean_batch", "mean_3d_pool"])
+def test_means_over_channels_or_batch_are_not_taken_per_part(kind):
+    _check(_Ghost(kind))
+
+
+@pytest.mark.parametrize("kind", ["mul_c11", "mul_1c", "mul_2d"])
+def test_broadcast_operands_of_another_rank(kind):
+    _check(_Ghost(kind), (3, 5, 10))
+
+
+@pytest.mark.parametrize("kind", ["cat_keyword", "cat_negative", "chunk", "unpacked_chunk"])
+def test_concat_forms_and_chunked_concats(kind):
+    _check(_Ghost(kind))
+    if kind in ("cat_keyword", "cat_negative"):  # still split: c is emitted per part
+        assert _count(split_concats(_Ghost(kind).eval(), (3, 6, 6)), torch.cat) == 0
+
+
+def test_max_pool_with_indices_of_a_split_concat():
+    _check(_Ghost("pool_indices"))
+
+
+def test_conv_is_not_emitted_again_after_its_input_changes_in_place():
+    _check(_Ghost("moved_conv"))

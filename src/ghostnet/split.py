@@ -23,10 +23,17 @@ zero weight columns for the padding, so the padding never reaches a real channel
 runtime converts a tensor that is not a block multiple to and from its blocked layout
 around every op; GhostNet's halves (8, 12, 20, 36, 60, 92, 100... channels) mostly are not.
 The padded channels hold zeros or other finite values that nothing reads.
+
+Parts may share storage with other tensors (a concat's parts are its inputs) and a conv may
+be emitted again at a later consumer, so values that some op modifies in place are left
+whole and in their places (see :func:`_mutated`); a lone in-place activation of a new tensor
+is harmless and is applied to parts out of place.
 """
 
 from __future__ import annotations
 
+import copy
+import inspect
 import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -59,6 +66,23 @@ ELEMENTWISE_FUNCTIONS = {
     F.dropout,
 }
 BINARY_FUNCTIONS = {operator.add, operator.mul, torch.add, torch.mul}
+# in-place operators as FX records them (``x[i] = v`` is operator.setitem)
+INPLACE_OPERATORS = {
+    operator.iadd,
+    operator.isub,
+    operator.imul,
+    operator.itruediv,
+    operator.ifloordiv,
+    operator.imod,
+    operator.ipow,
+    operator.imatmul,
+    operator.iand,
+    operator.ior,
+    operator.ixor,
+    operator.ilshift,
+    operator.irshift,
+    operator.setitem,
+}
 # a conv with at most this many weights per output channel is cheap to compute twice
 CHEAP_FAN_IN = 32
 
@@ -91,6 +115,94 @@ def _channels(node: torch.fx.Node) -> int | None:
     return int(shape[1]) if shape is not None and len(shape) >= 2 else None
 
 
+def _rank(node: object) -> int | None:
+    meta = node.meta.get("tensor_meta") if isinstance(node, torch.fx.Node) else None
+    shape = getattr(meta, "shape", None)
+    return len(shape) if shape is not None else None
+
+
+def _arguments(node: torch.fx.Node) -> dict[str, object] | None:
+    """A Python function's arguments by parameter name (None for builtins)."""
+    try:
+        return dict(inspect.signature(node.target).bind(*node.args, **node.kwargs).arguments)
+    except (TypeError, ValueError):
+        return None
+
+
+def _in_place(node: torch.fx.Node, modules: dict[str, nn.Module]) -> bool:
+    """``node`` may modify one of its inputs in place (``inplace=True``, ``relu_``,
+    ``x[i] = v``, ``out=``)."""
+    if node.op == "call_module":
+        return bool(getattr(modules.get(node.target), "inplace", False))
+    if node.op not in ("call_function", "call_method"):
+        return False
+    name = node.target if node.op == "call_method" else getattr(node.target, "__name__", "")
+    if isinstance(name, str) and name.endswith("_") and not name.endswith("__"):
+        return True
+    if "out" in node.kwargs or node.target in INPLACE_OPERATORS:
+        return True
+    return node.op == "call_function" and bool((_arguments(node) or {}).get("inplace"))
+
+
+def _fresh(node: torch.fx.Node, modules: dict[str, nn.Module]) -> bool:
+    """``node``'s eager result is a new tensor, never a view of an input (False if unsure:
+    Identity and eval-mode dropout return their input)."""
+    if _in_place(node, modules):
+        return False
+    if node.op == "call_module":
+        module = modules.get(node.target)
+        kinds = (nn.Conv2d, nn.BatchNorm2d, nn.Linear, *PER_PART_POOLS, *ELEMENTWISE_MODULES)
+        return isinstance(module, kinds) and not isinstance(module, (nn.Identity, nn.Dropout))
+    if node.op == "call_function":
+        target = node.target
+        return (
+            target is torch.cat
+            or target in BINARY_FUNCTIONS
+            or target in ELEMENTWISE_FUNCTIONS - {F.dropout}
+        )
+    return node.op == "call_method" and node.target == "mean"
+
+
+def _mutated(graph: torch.fx.Graph, modules: dict[str, nn.Module]) -> set[torch.fx.Node]:
+    """Nodes whose tensor, or a tensor that may share its storage, is modified in place.
+
+    The rewrite keeps these whole and computes them in their places: a part may be another
+    tensor's storage (a concat's parts are its inputs), and a conv emitted again at a later
+    consumer would read its input after the change. An in-place op whose one input is a new
+    tensor read by nothing else changes nothing another op can see: it does not count (the
+    rewrite applies it to parts out of place)."""
+    parent: dict[torch.fx.Node, torch.fx.Node] = {}
+
+    def find(node: torch.fx.Node) -> torch.fx.Node:
+        while parent.get(node, node) is not node:
+            node = parent[node]
+        return node
+
+    written: list[torch.fx.Node] = []
+    for node in graph.nodes:
+        if not _fresh(node, modules):  # may be a view of any of its inputs: one storage
+            for arg in node.all_input_nodes:
+                parent[find(arg)] = find(node)
+        if _in_place(node, modules):
+            inputs = node.all_input_nodes
+            lone = len(inputs) == 1 and len(inputs[0].users) == 1 and _fresh(inputs[0], modules)
+            if not lone:
+                written += inputs
+    roots = {find(node) for node in written}
+    return {node for node in graph.nodes if find(node) in roots}
+
+
+def _remove_dead_code(graph: torch.fx.Graph, keep: set[torch.fx.Node]) -> None:
+    """Graph.eliminate_dead_code, except that the nodes in ``keep`` (in-place writes whose
+    result nobody reads) stay: its ``is_impure_node`` hook is missing from older torch."""
+    for node in reversed(graph.nodes):
+        if node.users or node in keep or node.op in ("placeholder", "output"):
+            continue
+        if node.is_impure():
+            continue
+        graph.erase_node(node)
+
+
 class _Rewriter:
     def __init__(
         self,
@@ -109,6 +221,8 @@ class _Rewriter:
         self.env: dict[torch.fx.Node, torch.fx.Node | Parts] = {}
         self.whole: dict[int, torch.fx.Node] = {}  # id(Parts) -> materialised concat
         self.counter = 0
+        self.mutated = _mutated(gm.graph, self.modules)
+        self.copies: dict[str, str] = {}  # in-place module -> its out-of-place copy
 
     # -- helpers -----------------------------------------------------------------------
     def padded(self, channels: int) -> int:
@@ -152,6 +266,18 @@ class _Rewriter:
 
     def copy(self, node: torch.fx.Node) -> torch.fx.Node:
         return self.graph.node_copy(node, lambda n: self.plain(n))
+
+    def out_of_place(self, target: str) -> str:
+        """Module ``target``, or a copy with ``inplace=False`` if it works in place: parts
+        may be other tensors' storage (a concat's parts are its inputs)."""
+        module = self.modules[target]
+        if not getattr(module, "inplace", False):
+            return target
+        if target not in self.copies:
+            clone = copy.deepcopy(module)
+            clone.inplace = False
+            self.copies[target] = self.add_module(target, clone)
+        return self.copies[target]
 
     # -- rewrites ------------------------------------------------------------------------
     def conv(self, base: str, conv: nn.Conv2d, parts: Parts, out_rows: int | None = None) -> object:
@@ -201,6 +327,8 @@ class _Rewriter:
         rows = self.padded(conv.out_channels)
         if rows == conv.out_channels or conv.groups != 1 or len(node.args) != 1 or node.kwargs:
             return None
+        if _rank(node) != 4:  # an unbatched (C, H, W) map has its channels on dim 0
+            return None
         if conv.padding_mode != "zeros":  # emit_conv's pieces pad with zeros
             return None
         w = _pad_rows(conv.weight, rows)
@@ -242,8 +370,13 @@ class _Rewriter:
         target = self.modules.get(old.target) if old.op == "call_module" else None
         if len(old.users) != 1 and not self.cheap_chain(old):
             return False
+        if old in self.mutated:
+            return False
         if isinstance(target, nn.Conv2d):
-            return target.groups == 1 and target.padding_mode == "zeros"
+            # emitted again at the consumer: its input must not change in place before then
+            plain_input = len(old.args) == 1 and old.args[0] not in self.mutated
+            dense = target.groups == 1 and target.padding_mode == "zeros"
+            return dense and plain_input and _rank(old) == 4
         inner = self.activation_input(old)
         return inner is not None and self.resplittable(inner)
 
@@ -313,8 +446,9 @@ class _Rewriter:
         for c, p in zip(sizes, padded):
             index = (slice(None), slice(offset, offset + c))
             node = self.graph.call_function(operator.getitem, (whole, index))
-            if p != c:
-                node = self.graph.call_function(F.pad, (node, (0, 0, 0, 0, 0, p - c)))
+            if p != c:  # F.pad lists the last dim first: zeros after dim 1 only
+                pad = (0, 0) * (_rank(old) - 2) + (0, p - c)
+                node = self.graph.call_function(F.pad, (node, pad))
             nodes.append(node)
             offset += c
         return Parts(nodes, list(sizes), list(padded))
@@ -326,6 +460,10 @@ class _Rewriter:
         pa = self.env.get(a) if isinstance(a, torch.fx.Node) else None
         pb = self.env.get(b) if isinstance(b, torch.fx.Node) else None
         if not isinstance(pa, Parts) and not isinstance(pb, Parts):
+            return None
+        # split both sides along dim 1 only when it is the same dim of both: a (C, 1, 1) or
+        # (1, C) operand broadcasts against other dims; scalars keep the concat
+        if _rank(a) is None or _rank(a) != _rank(b):
             return None
         if isinstance(pa, Parts) and isinstance(pb, Parts):
             if sum(pa.channels) != sum(pb.channels):
@@ -353,6 +491,8 @@ class _Rewriter:
         )
 
     def visit(self, node: torch.fx.Node) -> object:
+        if node in self.mutated:  # modified in place: computed whole, in its place
+            return None
         layout = self.layouts.get(node.name)
         if layout is not None and node.op == "call_module":
             module = self.modules[node.target]
@@ -363,9 +503,21 @@ class _Rewriter:
         rest = tuple(self.plain(a) for a in node.args[1:])
         kwargs = {k: self.plain(v) for k, v in node.kwargs.items()}
         if node.op == "call_function" and node.target is torch.cat:
-            tensors = node.args[0]
+            tensors = node.args[0] if node.args else node.kwargs.get("tensors")
             dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
-            if dim == 1 and all(_channels(t) for t in tensors):
+            rank = _rank(node)
+            # a list of 2+ tensors (not one node holding a tuple: chunk/split), on dim 1
+            # (or -rank + 1); a concat of an input changed in place later stays a copy
+            if (
+                isinstance(tensors, (list, tuple))
+                and len(tensors) > 1
+                and all(isinstance(t, torch.fx.Node) and _channels(t) for t in tensors)
+                and all(t not in self.mutated for t in tensors)
+                and isinstance(dim, int)
+                and rank is not None
+                and rank >= 2
+                and dim % rank == 1
+            ):
                 nodes, channels, padded = [], [], []
                 for t in tensors:
                     mapped = self.env[t]
@@ -388,37 +540,56 @@ class _Rewriter:
             return None
         if node.op == "call_module":
             module = self.modules[node.target]
-            if isinstance(module, nn.Conv2d):
+            # convs and pools read a 4-D map's dim 1 as channels (a 3-D one as unbatched)
+            batched = _rank(first) == 4
+            if isinstance(module, nn.Conv2d) and batched:
                 result = self.conv(str(node.target), module, parts)
                 if isinstance(result, Parts) and len(result.nodes) == 1:
                     result.origin = node
                 return result
+            if isinstance(module, PER_PART_POOLS) and not batched:
+                return None
+            if getattr(module, "return_indices", False):  # (values, indices) pairs
+                return None
             if isinstance(module, ELEMENTWISE_MODULES + PER_PART_POOLS):
+                target = self.out_of_place(node.target)
                 return self.per_part(
-                    node, parts, lambda p: self.graph.call_module(node.target, (p, *rest), kwargs)
+                    node, parts, lambda p: self.graph.call_module(target, (p, *rest), kwargs)
                 )
             return None
         if node.op == "call_function" and node.target in ELEMENTWISE_FUNCTIONS:
+            arguments = _arguments(node)
+            if arguments and arguments.get("inplace"):  # on parts out of place (see above)
+                rest = ()
+                kwargs = {k: self.plain(v) for k, v in list(arguments.items())[1:]}
+                kwargs["inplace"] = False
             return self.per_part(
                 node, parts, lambda p: self.graph.call_function(node.target, (p, *rest), kwargs)
             )
         if node.op == "call_method" and node.target == "mean":
             dims = rest[0] if rest else kwargs.get("dim")
-            if dims is not None and 1 not in (dims if isinstance(dims, Sequence) else [dims]):
+            dims = dims if isinstance(dims, Sequence) else [dims]
+            rank = _rank(first)
+            # a mean over dim 1 needs every channel; over dim 0 it moves the channels to
+            # dim 0: per part only over dims >= 2 (negative dims count from the end)
+            if rank and dims and all(isinstance(d, int) and d % rank >= 2 for d in dims):
                 return self.per_part(
                     node, parts, lambda p: self.graph.call_method("mean", (p, *rest), kwargs)
                 )
         return None
 
     def run(self) -> torch.fx.GraphModule:
+        writes: set[torch.fx.Node] = set()  # in-place ops that dead code removal must keep
         for node in self.gm.graph.nodes:
             if node.op in ("call_module", "call_function", "call_method"):
                 result = self.visit(node)
                 self.env[node] = result if result is not None else self.copy(node)
             else:
                 self.env[node] = self.copy(node)
+            if node in self.mutated and _in_place(node, self.modules):
+                writes.add(self.env[node])  # its result may be unused; its change is not
         out = torch.fx.GraphModule(self.gm, self.graph, class_name=type(self.gm).__name__)
-        out.graph.eliminate_dead_code()
+        _remove_dead_code(out.graph, keep=writes)
         out.delete_all_unused_submodules()
         out.graph.lint()
         out.recompile()
