@@ -143,9 +143,10 @@ def test_compress_model_name_with_weights_file(tiny, tmp_path):
         (["--calibration-images", "1000"], "the training split has only 24"),
         (["--epochs", "1", "--lr", "0"], "--lr: must be a finite number > 0"),
         (["--ratio", "1"], "--ratio: must be >= 2"),
-        (["--kd-alpha", "1.5"], "--kd-alpha: must be in [0, 1]"),
+        (["--kd-alpha", "1.5"], "--kd-alpha: must be a finite number in [0, 1]"),
         (["--bn-images", "5"], "--bn-images must be 0 (off) or >= 16"),
         (["--epochs", "1", "--kd-features", "stage*"], "matches no module"),
+        (["--kd-feature-weight", "inf"], "--kd-feature-weight: must be a finite number >= 0"),
     ],
 )
 def test_compress_errors_are_one_line(tiny, capsys, extra, fragment):

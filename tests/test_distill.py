@@ -166,6 +166,23 @@ def test_feature_match_loss_is_the_mean_relative_error():
     assert out_s.requires_grad and not features.maps["student"]  # read and forgotten
 
 
+def test_feature_match_keeps_no_eval_maps_and_removes_its_hooks():
+    student, teacher = _two_layer_pair()
+    features = FeatureMatch(student, teacher, "0, 2", 1.0, (3, 8, 8), torch.device("cpu"))
+    x = torch.randn(2, 3, 8, 8)
+    student.eval()
+    student(x)  # an evaluation pass: nothing of it stays referenced
+    assert not features.maps["student"]
+    student.train()
+    student(x), teacher(x)
+    assert set(features.maps["student"]) == set(features.maps["teacher"]) == {"0", "2"}
+    features.remove()
+    assert not features.maps["student"] and not features.handles
+    student(x), teacher(x)  # no hooks left on either model
+    assert not features.maps["student"] and not features.maps["teacher"]
+    assert not student[0]._forward_hooks and not teacher[2]._forward_hooks
+
+
 def test_feature_match_checks_are_one_line():
     student, teacher = _two_layer_pair()
     size, cpu = (3, 8, 8), torch.device("cpu")

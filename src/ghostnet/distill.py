@@ -68,6 +68,8 @@ class FeatureMatch:
     ``loss()`` is ``weight x`` the mean over the matched modules of
     ``||student - teacher||^2 / ||teacher||^2`` (relative, so a 64-channel map and a
     16-channel one weigh the same); it reads and forgets the maps of the last forward.
+    The student's maps are kept only from training-mode forwards (an evaluation pass leaves
+    nothing referenced); ``remove()`` takes the hooks off both models.
     """
 
     def __init__(
@@ -82,20 +84,29 @@ class FeatureMatch:
         self.names = matched_modules(student, teacher, patterns)
         self.weight = weight
         self.maps: dict[str, dict[str, torch.Tensor]] = {"student": {}, "teacher": {}}
-        self.handles = []
+        self.handles: list[torch.utils.hooks.RemovableHandle] = []
+        self._probing = False
         for side, model in (("student", student), ("teacher", teacher)):
             modules = dict(model.named_modules())
             for name in self.names:
-                hook = self._keeper(self.maps[side], name)
+                hook = self._keeper(self.maps[side], name, always=side == "teacher")
                 self.handles.append(modules[name].register_forward_hook(hook))
         self._check_shapes(student, teacher, input_size, device)
 
-    @staticmethod
-    def _keeper(store: dict[str, torch.Tensor], name: str) -> Any:
+    def _keeper(self, store: dict[str, torch.Tensor], name: str, always: bool) -> Any:
+        # the teacher always runs in eval mode, and only for training steps
         def keep(module: nn.Module, inputs: Any, output: Any) -> None:
-            store[name] = output
+            if always or module.training or self._probing:
+                store[name] = output
 
         return keep
+
+    def remove(self) -> None:
+        """Take the hooks off student and teacher and forget any kept maps."""
+        for handle in self.handles:
+            handle.remove()
+        self.handles.clear()
+        self.clear()
 
     def _check_shapes(
         self,
@@ -105,11 +116,15 @@ class FeatureMatch:
         device: torch.device,
     ) -> None:
         was_training = student.training
-        student.eval()
-        with torch.no_grad():
-            student(torch.zeros(1, *input_size, device=device))
-            teacher(torch.zeros(1, *input_size, device=device))
-        student.train(was_training)
+        student.eval()  # no BN statistics from the zero probe
+        self._probing = True
+        try:
+            with torch.no_grad():
+                student(torch.zeros(1, *input_size, device=device))
+                teacher(torch.zeros(1, *input_size, device=device))
+        finally:
+            self._probing = False
+            student.train(was_training)
         for name in self.names:
             s, t = self.maps["student"][name], self.maps["teacher"][name]
             if not isinstance(s, torch.Tensor) or not isinstance(t, torch.Tensor):

@@ -1201,6 +1201,8 @@ def fit(
 
 
 def _teardown(run: RunInfo, board: Any) -> None:
+    if run.features is not None:
+        run.features.remove()
     if board is not None:
         board.close()
     if run.ddp.enabled and dist.is_initialized():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from typing import Any
 
@@ -51,8 +52,9 @@ def float_between(low: float, high: float):
             value = float(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-        if not low <= value <= high:  # also false for nan
-            raise argparse.ArgumentTypeError(f"must be in [{low:g}, {high:g}], got {text}")
+        if not math.isfinite(value) or not low <= value <= high:  # nan fails both
+            bound = f">= {low:g}" if high == math.inf else f"in [{low:g}, {high:g}]"
+            raise argparse.ArgumentTypeError(f"must be a finite number {bound}, got {text}")
         return value
 
     parse.__name__ = f"number in [{low:g}, {high:g}]"

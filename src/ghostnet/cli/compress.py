@@ -11,6 +11,7 @@ distill/ (the training run) and summary.json.
 from __future__ import annotations
 
 import argparse
+import math
 
 from ..compress import CompressOptions, compress
 from ..config import RECIPES
@@ -92,7 +93,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "converted convs) or comma-separated module-name patterns",
     )
     p.add_argument(
-        "--kd-feature-weight", type=float_between(0, 1000), help="weight of the feature term (1)"
+        "--kd-feature-weight",
+        type=float_between(0, math.inf),
+        help="weight of the feature term (1)",
     )
     p.add_argument("--train-subset", type=int_at_least(1), help="distil on N class-balanced images")
     p.add_argument(
