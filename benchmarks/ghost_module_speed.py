@@ -1,6 +1,7 @@
 """A 1x1 Ghost module (256 -> 256 channels, s=2, 28x28, batch 8) against the plain 1x1
-conv + BN + ReLU it replaces, on every deploy backend and precision (same harness as
-`ghostnet bench`: BN folded, interleaved repeats, medians).
+conv + BN + ReLU it replaces, on every deploy backend and precision (same runners as
+`ghostnet bench`: BN folded, interleaved repeats, medians; inputs in each backend's own
+layout).
 
     python benchmarks/ghost_module_speed.py --repeats 20
 """
@@ -21,6 +22,17 @@ from ghostnet.bench import build_runner, cpu_flags, has_bf16
 from ghostnet.layers.ghost import GhostModule
 
 
+def native_input(backend: str, x: torch.Tensor) -> torch.Tensor:
+    """The input as the backend keeps maps between layers, since a module inside a network
+    gets no conversion: channels_last (bf16 for -bf16) for PyTorch's fused and compile, NCHW
+    float32 for the ONNX runtimes. (Until session 6 every PyTorch call also converted an NCHW
+    float32 input, 1-2 ms of a 4-9 ms module, the same for both sides of each ratio.)"""
+    if backend.startswith(("fused", "compile")):
+        dtype = torch.bfloat16 if backend.endswith("-bf16") else torch.float32
+        return x.to(dtype).contiguous(memory_format=torch.channels_last)
+    return x
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--channels", type=int, default=256)
@@ -31,7 +43,8 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument(
         "--backends",
-        default="fused,compile,onnxruntime,onnxruntime-split,onnxruntime-int8,openvino,openvino-int8",
+        default="fused,fused-kernel,compile,compile-kernel,onnxruntime,onnxruntime-split,"
+        "onnxruntime-int8,openvino,openvino-int8",
     )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -41,21 +54,22 @@ def main() -> int:
     backends = args.backends.split(",") + (["fused-bf16", "openvino-bf16"] if has_bf16() else [])
     size = (c, args.size, args.size)
     x = torch.randn(args.batch, *size)
+    inputs = {backend: native_input(backend, x) for backend in backends}
     runners = {}
     with tempfile.TemporaryDirectory() as tmp:
         for backend in backends:
             for label, module in (("plain", plain), ("ghost", ghost)):
                 run = build_runner(module, backend, size, args.batch, args.threads, Path(tmp))
                 for _ in range(3):
-                    run(x)
+                    run(inputs[backend])
                 runners[(backend, label)] = run
         times = {k: [] for k in runners}
         for _ in range(args.repeats):
-            for key, run in runners.items():
-                run(x)
+            for (backend, label), run in runners.items():
+                run(inputs[backend])
                 start = time.perf_counter()
-                run(x)
-                times[key].append(1e3 * (time.perf_counter() - start))
+                run(inputs[backend])
+                times[(backend, label)].append(1e3 * (time.perf_counter() - start))
     print(
         f"1x1 Ghost module {c}->{c}, s={args.ratio}, {args.size}x{args.size}, batch "
         f"{args.batch}, {args.threads} threads; CPU flags {' '.join(cpu_flags())}; medians of "

@@ -6,9 +6,10 @@ PyTorch), ``compile`` (the fused model through torch.compile with frozen weights
 ``onnxruntime`` and ``openvino`` (both run the ONNX export of the fused model). Suffixes:
 ``-split`` (Ghost concatenations kept apart, ghostnet.split), ``-pad`` (split, and every
 part padded to the CPU's blocked-layout width: 16 channels with AVX-512, else 8),
-``-bf16`` (bfloat16 weights and activations: torch backends and OpenVINO, on CPUs with
-AVX512-BF16/AMX) and ``-int8`` (ONNX Runtime static INT8 of the export, run by
-``onnxruntime`` or ``openvino``).
+``-kernel`` (``fused``/``compile`` only: each Ghost module's cheap op and concat run as one
+hand-written CPU kernel, ghostnet.kernels), ``-bf16`` (bfloat16 weights and activations:
+torch backends and OpenVINO, on CPUs with AVX512-BF16/AMX) and ``-int8`` (ONNX Runtime
+static INT8 of the export, run by ``onnxruntime`` or ``openvino``).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from torch import nn
 
 from .deploy import OnnxSession, export_onnx, fuse, quantize_onnx
 from .errors import GhostnetError
+from .kernels import fuse_cheap_ops
 from .models import create_model, default_input_size, list_models
 from .reparam import reparameterize
 from .split import split_concats
@@ -36,6 +38,8 @@ BACKENDS = ("eager", "fused", "compile", "onnxruntime", "openvino")
 SPLIT_SUFFIX = "-split"
 # "-pad" variants split and also pad every part to a multiple of the runtime's channel block
 PAD_SUFFIX = "-pad"
+# "-kernel" variants (fused/compile, fp32) run Ghost cheap op + concat as one C++ kernel
+KERNEL_SUFFIX = "-kernel"
 PRECISION_SUFFIXES = ("-bf16", "-int8")
 _BF16_BACKENDS = ("eager", "fused", "compile", "openvino")
 _INT8_BACKENDS = ("onnxruntime", "openvino")
@@ -205,7 +209,9 @@ def build_runner(
 
         return run_eager
     deploy = fuse(model)
-    if layout:
+    if layout == "kernel":
+        deploy = fuse_cheap_ops(deploy)
+    elif layout:
         pad_to = channel_block() if layout == "pad" else 0
         deploy = split_concats(deploy, input_size, pad_to=pad_to)
     if base in ("fused", "compile"):
@@ -269,19 +275,20 @@ def channel_block() -> int:
 
 
 def _parse_backend(backend: str) -> tuple[str, str, str]:
-    """``base[-split|-pad][-bf16|-int8]`` -> (base, layout: "", "split" or "pad",
-    precision)."""
+    """``base[-split|-pad|-kernel][-bf16|-int8]`` -> (base, layout: "", "split", "pad" or
+    "kernel", precision)."""
     rest, precision = backend, "fp32"
     for suffix in PRECISION_SUFFIXES:
         if rest.endswith(suffix):
             rest, precision = rest[: -len(suffix)], suffix[1:]
     layout = ""
-    for suffix in (SPLIT_SUFFIX, PAD_SUFFIX):
+    for suffix in (SPLIT_SUFFIX, PAD_SUFFIX, KERNEL_SUFFIX):
         if rest.endswith(suffix):
             rest, layout = rest[: -len(suffix)], suffix[1:]
             break  # one layout at most: "-pad" already splits
     base = rest
     ok = base in BACKENDS and not (layout and base == "eager")
+    ok = ok and (layout != "kernel" or (base in ("fused", "compile") and precision == "fp32"))
     ok = ok and (
         precision == "fp32"
         or (precision == "bf16" and base in _BF16_BACKENDS)
@@ -290,8 +297,9 @@ def _parse_backend(backend: str) -> tuple[str, str, str]:
     if not ok:
         raise GhostnetError(
             f"unknown backend {backend!r}: choose from {', '.join(BACKENDS)}, with "
-            f"{SPLIT_SUFFIX} or {PAD_SUFFIX} (not eager), -bf16 ({', '.join(_BF16_BACKENDS)}) "
-            f"or -int8 ({', '.join(_INT8_BACKENDS)}), e.g. compile-bf16, onnxruntime-int8"
+            f"{SPLIT_SUFFIX} or {PAD_SUFFIX} (not eager), {KERNEL_SUFFIX} (fused and compile, "
+            f"fp32), -bf16 ({', '.join(_BF16_BACKENDS)}) or -int8 "
+            f"({', '.join(_INT8_BACKENDS)}), e.g. compile-bf16, onnxruntime-int8, fused-kernel"
         )
     return base, layout, precision
 

@@ -1,0 +1,66 @@
+// The Ghost module's cheap half and its concatenation in one pass over memory.
+//
+// out[:, :m] = a and out[:, m:m+g] = act(depthwise_kxk(a[:, :g]) + bias), all channels_last.
+// Runtimes compute these as three ops (depthwise conv, activation fused or not, concat),
+// each a full pass over the maps; here every output pixel is written once, while the k rows
+// of `a` it reads are still in cache. Channels are innermost, so the tap loop vectorises.
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cstring>
+
+torch::Tensor cheap_cat(torch::Tensor a, torch::Tensor weight, torch::Tensor bias, bool relu) {
+  TORCH_CHECK(a.dim() == 4 && a.scalar_type() == torch::kFloat && a.device().is_cpu(),
+              "cheap_cat: intrinsic maps must be a float32 (N, C, H, W) CPU tensor");
+  TORCH_CHECK(weight.dim() == 4 && weight.size(1) == 1 && weight.size(2) == weight.size(3) &&
+                  weight.size(2) % 2 == 1 && weight.scalar_type() == torch::kFloat,
+              "cheap_cat: weight must be float32 (g, 1, k, k) with k odd");
+  const auto x = a.contiguous(at::MemoryFormat::ChannelsLast);
+  const int64_t N = x.size(0), M = x.size(1), H = x.size(2), W = x.size(3);
+  const int64_t G = weight.size(0), K = weight.size(2), P = K / 2;
+  TORCH_CHECK(G >= 1 && G <= M, "cheap_cat: 1 <= ghosts <= intrinsic maps");
+  TORCH_CHECK(bias.numel() == G && bias.scalar_type() == torch::kFloat,
+              "cheap_cat: one float32 bias per ghost");
+  const int64_t C = M + G;
+  const auto taps = weight.reshape({G, K * K}).t().contiguous();  // (k*k, g)
+  const auto b = bias.contiguous();
+  auto out = at::empty({N, C, H, W}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
+  const float* __restrict__ xp = x.data_ptr<float>();
+  const float* __restrict__ tp = taps.data_ptr<float>();
+  const float* __restrict__ bp = b.data_ptr<float>();
+  float* __restrict__ op = out.data_ptr<float>();
+  at::parallel_for(0, N * H, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t n = row / H, h = row % H;
+      for (int64_t w = 0; w < W; ++w) {
+        const float* __restrict__ src = xp + ((n * H + h) * W + w) * M;
+        float* __restrict__ dst = op + ((n * H + h) * W + w) * C;
+        std::memcpy(dst, src, M * sizeof(float));
+        float* __restrict__ ghost = dst + M;
+        std::memcpy(ghost, bp, G * sizeof(float));
+        for (int64_t kh = 0; kh < K; ++kh) {
+          const int64_t ih = h + kh - P;
+          if (ih < 0 || ih >= H) continue;  // zero padding: the tap adds nothing
+          for (int64_t kw = 0; kw < K; ++kw) {
+            const int64_t iw = w + kw - P;
+            if (iw < 0 || iw >= W) continue;
+            const float* __restrict__ s = xp + ((n * H + ih) * W + iw) * M;
+            const float* __restrict__ t = tp + (kh * K + kw) * G;
+#pragma GCC ivdep
+            for (int64_t c = 0; c < G; ++c) ghost[c] += s[c] * t[c];
+          }
+        }
+        if (relu) {
+#pragma GCC ivdep
+          for (int64_t c = 0; c < G; ++c) ghost[c] = std::max(ghost[c], 0.0f);
+        }
+      }
+    }
+  });
+  return out;
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("cheap_cat", &cheap_cat, "Ghost cheap op + concat, channels_last float32");
+}

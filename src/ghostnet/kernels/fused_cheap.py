@@ -1,0 +1,226 @@
+"""The Ghost module's cheap op and concatenation as one CPU kernel.
+
+After BN folding a Ghost module is ``cat([a, act(depthwise(a))], 1)`` with ``a`` the
+primary conv's output. A runtime runs the depthwise conv, the activation (fused or not) and
+the concat as separate passes over the maps, and on a CPU those passes are memory-bound:
+for the 1x1 Ghost module 256 -> 256 at 28x28 they cost as much as the half of the 1x1 conv
+the module saves (README, "The Ghost module at its MAC ratio"). ``cheap_cat.cpp`` reads
+``a`` once and writes each output pixel once, channels innermost (vectorised), with the
+``k`` input rows a pixel needs still in cache.
+
+``fuse_cheap_ops(model)`` finds that pattern in a fused (``deploy.fuse``) graph and swaps in
+``CheapCat``; PyTorch inference (eager or torch.compile, where ``ghostnet::cheap_cat`` is an
+opaque custom op) then runs it. It is built on first use with the machine's C++ compiler
+(``torch.utils.cpp_extension``, ~40 s, cached). ONNX export keeps the standard ops.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import operator
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import GhostnetError
+
+SOURCE = Path(__file__).with_name("cheap_cat.cpp")
+
+
+def _cpu_tag() -> str:
+    """A short hash of the CPU's flags: the build uses -march=native, so a cached binary
+    must not be reused on a CPU with other instructions (a shared home directory)."""
+    try:
+        flags = next(
+            line
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("flags")
+        )
+    except (OSError, StopIteration):
+        flags = "unknown"
+    return hashlib.sha1(flags.encode()).hexdigest()[:8]
+
+
+@cache
+def load_extension() -> Any:
+    """Build (first call, ~40 s) or load the compiled kernel; one-line error if impossible."""
+    from torch.utils.cpp_extension import load
+
+    try:
+        return load(
+            name=f"ghostnet_cheap_cat_{_cpu_tag()}",
+            sources=[str(SOURCE)],
+            extra_cflags=["-O3", "-march=native"],
+            verbose=False,
+        )
+    except Exception as exc:  # compiler, ninja or headers missing: many exception types
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise GhostnetError(
+            "the fused Ghost kernel could not be built (it needs a C++ compiler, ninja and "
+            f"the Python headers; or use a backend without -kernel): {first}"
+        ) from exc
+
+
+@torch.library.custom_op("ghostnet::cheap_cat", mutates_args=())
+def cheap_cat(
+    intrinsic: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, relu: bool
+) -> torch.Tensor:
+    """``cat([a, act(depthwise(a[:, :g]) + bias)], 1)`` in one pass (float32, CPU;
+    ``weight`` is (g, 1, k, k), k odd, zero padding k // 2); channels_last output."""
+    return load_extension().cheap_cat(intrinsic, weight, bias, relu)
+
+
+@cheap_cat.register_fake
+def _(
+    intrinsic: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, relu: bool
+) -> torch.Tensor:
+    n, m, h, w = intrinsic.shape
+    return torch.empty(
+        (n, m + weight.shape[0], h, w),
+        dtype=intrinsic.dtype,
+        device=intrinsic.device,
+        memory_format=torch.channels_last,
+    )
+
+
+class CheapCat(nn.Module):
+    """A Ghost module's depthwise cheap op (+ReLU) and concat, as one kernel.
+
+    ``ghosts`` of the conv's outputs are kept (a module sliced to fewer than 2m channels).
+    Off the kernel's ground (not float32, not CPU, or a gradient needed: it has no backward)
+    it computes the same thing with standard ops.
+    """
+
+    def __init__(self, conv: nn.Conv2d, ghosts: int, relu: bool) -> None:
+        super().__init__()
+        weight = conv.weight.detach()[:ghosts].clone()
+        bias = conv.bias.detach()[:ghosts].clone() if conv.bias is not None else None
+        self.register_buffer("weight", weight)
+        self.register_buffer("bias", bias if bias is not None else weight.new_zeros(ghosts))
+        self.relu = relu
+
+    def forward(self, intrinsic: torch.Tensor) -> torch.Tensor:
+        kernel_ground = (
+            intrinsic.dtype == torch.float32
+            and intrinsic.device.type == "cpu"
+            and not (torch.is_grad_enabled() and intrinsic.requires_grad)
+        )
+        if kernel_ground:
+            return cheap_cat(intrinsic, self.weight, self.bias, self.relu)
+        ghosts = self.weight.shape[0]
+        out = F.conv2d(
+            intrinsic[:, :ghosts],
+            self.weight.to(intrinsic.dtype),
+            self.bias.to(intrinsic.dtype),
+            padding=self.weight.shape[-1] // 2,
+            groups=ghosts,
+        )
+        return torch.cat([intrinsic, F.relu(out) if self.relu else out], dim=1)
+
+    def extra_repr(self) -> str:
+        g, _, k, _ = self.weight.shape
+        return f"ghosts={g}, kernel={k}x{k}, relu={self.relu}"
+
+
+def _activation(
+    node: torch.fx.Node, modules: dict[str, nn.Module]
+) -> tuple[torch.fx.Node, bool] | None:
+    """(the node under an optional ReLU/Identity, whether it was a ReLU)."""
+    if node.op == "call_module":
+        module = modules.get(node.target)
+        if type(module) in (nn.ReLU, nn.Identity) and len(node.args) == 1 and not node.kwargs:
+            return node.args[0], isinstance(module, nn.ReLU)
+    if node.op == "call_function" and node.target in (F.relu, torch.relu) and len(node.args) == 1:
+        return node.args[0], True
+    return node, False
+
+
+def _depthwise(conv: nn.Module | None, channels: int) -> bool:
+    """A stride-1, same-size, one-filter-per-map conv over ``channels`` maps."""
+    if type(conv) is not nn.Conv2d:
+        return False
+    k = conv.kernel_size[0]
+    return (
+        conv.groups == conv.in_channels == conv.out_channels == channels
+        and conv.kernel_size == (k, k)
+        and k % 2 == 1
+        and conv.stride == (1, 1)
+        and conv.dilation == (1, 1)
+        and conv.padding == (k // 2, k // 2)
+        and conv.padding_mode == "zeros"
+        and conv.weight.dtype == torch.float32
+    )
+
+
+def _kept_channels(node: torch.fx.Node, total: int) -> tuple[torch.fx.Node, int]:
+    """A cat whose one user is ``[:, :n]`` -> (that slice, n); else (the cat, all)."""
+    if len(node.users) != 1:
+        return node, total
+    user = next(iter(node.users))
+    if user.op != "call_function" or user.target is not operator.getitem:
+        return node, total
+    index = user.args[1]
+    full = slice(None)
+    if (
+        isinstance(index, tuple)
+        and len(index) == 2
+        and index[0] == full
+        and isinstance(index[1], slice)
+        and index[1].start in (None, 0)
+        and index[1].step in (None, 1)
+        and isinstance(index[1].stop, int)
+        and 0 < index[1].stop <= total
+    ):
+        return user, index[1].stop
+    return node, total
+
+
+def fuse_cheap_ops(model: nn.Module) -> torch.fx.GraphModule:
+    """``model`` (BN-folded by ``deploy.fuse`` first if it is not an FX graph yet) with
+    every ``cat([a, act(depthwise(a))], 1)`` (optionally sliced to fewer channels) computed
+    by ``CheapCat``. Builds the kernel now, so a missing compiler fails here, once."""
+    from ..deploy import fuse
+
+    load_extension()
+    gm = copy.deepcopy(model) if isinstance(model, torch.fx.GraphModule) else fuse(model)
+    modules = dict(gm.named_modules())
+    count = 0
+    for node in list(gm.graph.nodes):
+        if node.op != "call_function" or node.target is not torch.cat:
+            continue
+        tensors = node.args[0] if node.args else node.kwargs.get("tensors")
+        dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+        if dim != 1 or not isinstance(tensors, (list, tuple)) or len(tensors) != 2:
+            continue
+        intrinsic, ghost = tensors
+        if not isinstance(intrinsic, torch.fx.Node) or not isinstance(ghost, torch.fx.Node):
+            continue
+        conv_node, relu = _activation(ghost, modules)
+        conv = modules.get(conv_node.target) if conv_node.op == "call_module" else None
+        if conv is None or conv_node.args != (intrinsic,) or len(conv_node.users) != 1:
+            continue
+        if ghost is not conv_node and len(ghost.users) != 1:
+            continue
+        m = conv.in_channels if isinstance(conv, nn.Conv2d) else 0
+        if not _depthwise(conv, m):
+            continue
+        target, kept = _kept_channels(node, 2 * m)
+        if kept <= m:  # no ghost is kept: nothing for the kernel to do
+            continue
+        name = f"cheap_cat_{count}"
+        count += 1
+        gm.add_submodule(name, CheapCat(conv, kept - m, relu))
+        with gm.graph.inserting_before(target):
+            fused = gm.graph.call_module(name, (intrinsic,))
+        target.replace_all_uses_with(fused)
+        for dead in dict.fromkeys((target, node, ghost, conv_node)):  # users first
+            gm.graph.erase_node(dead)
+    gm.graph.lint()
+    gm.delete_all_unused_submodules()
+    gm.recompile()
+    return gm
