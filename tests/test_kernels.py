@@ -36,6 +36,18 @@ def test_kernel_equals_depthwise_conv_and_concat(k, ghosts, relu, channels_last)
     torch.testing.assert_close(out, _reference(a, weight, bias, relu), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("ghosts", [32, 16])
+def test_kernel_vector_path_equals_depthwise_conv_and_concat(ghosts):
+    """Multiples of 16 channels take the AVX-512 path (streaming stores) where the CPU has it."""
+    torch.manual_seed(1)
+    a = torch.randn(3, 32, 7, 9).contiguous(memory_format=torch.channels_last)
+    weight, bias = torch.randn(ghosts, 1, 3, 3), torch.randn(ghosts)
+    for relu in (True, False):
+        out = cheap_cat(a, weight, bias, relu)
+        expected = _reference(a, weight, bias, relu)
+        torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+
+
 def test_custom_op_registration_is_consistent():
     """Real and fake (torch.compile) implementations agree on shapes, strides and dtype."""
     a = torch.randn(1, 4, 6, 6).contiguous(memory_format=torch.channels_last)
