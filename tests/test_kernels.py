@@ -4,12 +4,15 @@
 import pytest
 import torch
 import torch.nn.functional as F
+import torchvision
 from torch import nn
 
 from ghostnet.bench import _parse_backend, build_runner
+from ghostnet.convert import ghostify
 from ghostnet.deploy import fuse
 from ghostnet.errors import GhostnetError
-from ghostnet.kernels import CheapCat, cheap_cat, fuse_cheap_ops, load_extension
+from ghostnet.kernels import CheapCat, GhostConvKernel, cheap_cat, fuse_cheap_ops, load_extension
+from ghostnet.kernels.fused_cheap import _cheap_cat_op
 from ghostnet.layers.ghost import GhostModule
 from ghostnet.models import create_model
 
@@ -48,10 +51,27 @@ def test_kernel_vector_path_equals_depthwise_conv_and_concat(ghosts):
         torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("channels", [6, 32])  # scalar and vector paths
+def test_kernel_with_an_affine_first_half(channels):
+    """scale * a + shift for the intrinsic half, the ghosts from the raw a (FusedGhostConv2d)."""
+    torch.manual_seed(2)
+    a = torch.randn(2, channels, 5, 6)
+    weight, bias = torch.randn(channels, 1, 3, 3), torch.randn(channels)
+    scale, shift = torch.randn(channels), torch.randn(channels)
+    out = cheap_cat(a, weight, bias, False, scale, shift)
+    expected = _reference(a, weight, bias, False)
+    expected[:, :channels] = a * scale.view(1, -1, 1, 1) + shift.view(1, -1, 1, 1)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+    with pytest.raises(GhostnetError, match="both scale and shift"):
+        cheap_cat(a, weight, bias, False, scale)
+
+
 def test_custom_op_registration_is_consistent():
     """Real and fake (torch.compile) implementations agree on shapes, strides and dtype."""
     a = torch.randn(1, 4, 6, 6).contiguous(memory_format=torch.channels_last)
-    torch.library.opcheck(cheap_cat, (a, torch.randn(3, 1, 3, 3), torch.randn(3), True))
+    w, b, none = torch.randn(3, 1, 3, 3), torch.randn(3), torch.empty(0)
+    torch.library.opcheck(_cheap_cat_op, (a, w, b, none, none, True))
+    torch.library.opcheck(_cheap_cat_op, (a, w, b, torch.randn(4), torch.randn(4), False))
 
 
 def test_kernel_refuses_bad_shapes_in_one_line():
@@ -81,6 +101,31 @@ def test_fuse_cheap_ops_on_ghostnet_is_the_same_function(name):
         torch.testing.assert_close(
             rewritten.to(memory_format=torch.channels_last)(cl), expected, atol=1e-4, rtol=1e-4
         )
+
+
+def test_fuse_cheap_ops_on_ghostified_convs_is_the_same_function():
+    """ghost_resnet50 (every conv but the stem a GhostConv2d, its BN folded into an affine
+    intrinsic half) and a ghostified torchvision ResNet-18 with odd widths."""
+    torch.manual_seed(0)
+    for model, size in (
+        (create_model("ghost_resnet50"), 64),
+        (ghostify(torchvision.models.resnet18(num_classes=7), ratio=2, dw_size=3), 48),
+    ):
+        model.eval()
+        for bn in (m for m in model.modules() if isinstance(m, nn.BatchNorm2d)):
+            bn.running_mean.uniform_(-0.5, 0.5)  # folded BNs that are not the identity
+            bn.running_var.uniform_(0.5, 2.0)
+            bn.weight.data.uniform_(0.5, 1.5)
+            bn.bias.data.uniform_(-0.5, 0.5)
+        fused = fuse(model)
+        rewritten = fuse_cheap_ops(fused)
+        kernels = [m for m in rewritten.modules() if isinstance(m, GhostConvKernel)]
+        assert kernels and all(k.cheap_cat.scale is not None for k in kernels)
+        x = torch.randn(2, 3, size, size)
+        with torch.inference_mode():
+            expected = model(x)
+            got = rewritten(x)
+        torch.testing.assert_close(got, expected, atol=1e-3, rtol=1e-3)
 
 
 def test_sliced_ghost_module_keeps_only_the_ghosts_it_needs():

@@ -1,6 +1,7 @@
 // The Ghost module's cheap half and its concatenation in one pass over memory.
 //
-// out[:, :m] = a and out[:, m:m+g] = act(depthwise_kxk(a[:, :g]) + bias), all channels_last.
+// out[:, :m] = a (or scale * a + shift: a ghostified conv's BN on the intrinsic half) and
+// out[:, m:m+g] = act(depthwise_kxk(a[:, :g]) + bias), all channels_last.
 // Runtimes compute these as three ops (depthwise conv, activation fused or not, concat),
 // each a full pass over the maps; here every output pixel is written once, while the k rows
 // of `a` it reads are still in cache. Channels are innermost, so the tap loop vectorises.
@@ -16,7 +17,8 @@
 #include <immintrin.h>
 #endif
 
-torch::Tensor cheap_cat(torch::Tensor a, torch::Tensor weight, torch::Tensor bias, bool relu) {
+torch::Tensor cheap_cat(torch::Tensor a, torch::Tensor weight, torch::Tensor bias,
+                        torch::Tensor scale, torch::Tensor shift, bool relu) {
   TORCH_CHECK(a.dim() == 4 && a.scalar_type() == torch::kFloat && a.device().is_cpu(),
               "cheap_cat: intrinsic maps must be a float32 (N, C, H, W) CPU tensor");
   TORCH_CHECK(weight.dim() == 4 && weight.size(1) == 1 && weight.size(2) == weight.size(3) &&
@@ -28,7 +30,16 @@ torch::Tensor cheap_cat(torch::Tensor a, torch::Tensor weight, torch::Tensor bia
   TORCH_CHECK(G >= 1 && G <= M, "cheap_cat: 1 <= ghosts <= intrinsic maps");
   TORCH_CHECK(bias.numel() == G && bias.scalar_type() == torch::kFloat,
               "cheap_cat: one float32 bias per ghost");
+  const bool affine = scale.numel() > 0;  // empty scale and shift: a plain copy
+  TORCH_CHECK(!affine || (scale.numel() == M && shift.numel() == M &&
+                          scale.scalar_type() == torch::kFloat &&
+                          shift.scalar_type() == torch::kFloat),
+              "cheap_cat: scale and shift are empty or one float32 value per intrinsic map");
   const int64_t C = M + G;
+  const auto sc = affine ? scale.contiguous() : scale;
+  const auto sh = affine ? shift.contiguous() : shift;
+  const float* __restrict__ scp = affine ? sc.data_ptr<float>() : nullptr;
+  const float* __restrict__ shp = affine ? sh.data_ptr<float>() : nullptr;
   const auto taps = weight.reshape({G, K * K}).t().contiguous();  // (k*k, g)
   const auto b = bias.contiguous();
   auto out = at::empty({N, C, H, W}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
@@ -51,7 +62,15 @@ torch::Tensor cheap_cat(torch::Tensor a, torch::Tensor weight, torch::Tensor bia
         for (int64_t w = 0; w < W; ++w) {
           const float* src = xp + ((n * H + h) * W + w) * M;
           float* dst = op + ((n * H + h) * W + w) * C;
-          for (int64_t c = 0; c < M; c += 16) _mm512_stream_ps(dst + c, _mm512_loadu_ps(src + c));
+          if (affine) {
+            for (int64_t c = 0; c < M; c += 16) {
+              const __m512 v = _mm512_fmadd_ps(_mm512_loadu_ps(src + c), _mm512_loadu_ps(scp + c),
+                                               _mm512_loadu_ps(shp + c));
+              _mm512_stream_ps(dst + c, v);
+            }
+          } else {
+            for (int64_t c = 0; c < M; c += 16) _mm512_stream_ps(dst + c, _mm512_loadu_ps(src + c));
+          }
           int64_t taps_here = 0;  // the taps inside the map (zero padding adds nothing)
           for (int64_t kh = 0; kh < K; ++kh) {
             const int64_t ih = h + kh - P;
@@ -85,7 +104,12 @@ torch::Tensor cheap_cat(torch::Tensor a, torch::Tensor weight, torch::Tensor bia
       for (int64_t w = 0; w < W; ++w) {
         const float* __restrict__ src = xp + ((n * H + h) * W + w) * M;
         float* __restrict__ dst = op + ((n * H + h) * W + w) * C;
-        std::memcpy(dst, src, M * sizeof(float));
+        if (affine) {
+#pragma GCC ivdep
+          for (int64_t c = 0; c < M; ++c) dst[c] = src[c] * scp[c] + shp[c];
+        } else {
+          std::memcpy(dst, src, M * sizeof(float));
+        }
         float* __restrict__ ghost = dst + M;
         std::memcpy(ghost, bp, G * sizeof(float));
         for (int64_t kh = 0; kh < K; ++kh) {

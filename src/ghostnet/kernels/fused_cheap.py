@@ -67,17 +67,25 @@ def load_extension() -> Any:
 
 
 @torch.library.custom_op("ghostnet::cheap_cat", mutates_args=())
-def cheap_cat(
-    intrinsic: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, relu: bool
+def _cheap_cat_op(
+    intrinsic: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    scale: torch.Tensor,
+    shift: torch.Tensor,
+    relu: bool,
 ) -> torch.Tensor:
-    """``cat([a, act(depthwise(a[:, :g]) + bias)], 1)`` in one pass (float32, CPU;
-    ``weight`` is (g, 1, k, k), k odd, zero padding k // 2); channels_last output."""
-    return load_extension().cheap_cat(intrinsic, weight, bias, relu)
+    return load_extension().cheap_cat(intrinsic, weight, bias, scale, shift, relu)
 
 
-@cheap_cat.register_fake
+@_cheap_cat_op.register_fake
 def _(
-    intrinsic: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, relu: bool
+    intrinsic: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    scale: torch.Tensor,
+    shift: torch.Tensor,
+    relu: bool,
 ) -> torch.Tensor:
     n, m, h, w = intrinsic.shape
     return torch.empty(
@@ -88,21 +96,51 @@ def _(
     )
 
 
+def cheap_cat(
+    intrinsic: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    relu: bool = False,
+    scale: torch.Tensor | None = None,
+    shift: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``cat([a, act(depthwise(a[:, :g]) + bias)], 1)`` in one pass (float32, CPU;
+    ``weight`` is (g, 1, k, k), k odd, zero padding k // 2); channels_last output. With
+    ``scale`` and ``shift`` (one per map of ``a``) the first half is ``scale * a + shift``
+    while the ghosts still read ``a``: a ghostified conv whose BN was folded."""
+    if (scale is None) != (shift is None):
+        raise GhostnetError("cheap_cat: give both scale and shift, or neither")
+    none = intrinsic.new_empty(0)
+    scale = none if scale is None else scale
+    shift = none if shift is None else shift
+    return _cheap_cat_op(intrinsic, weight, bias, scale, shift, relu)
+
+
 class CheapCat(nn.Module):
     """A Ghost module's depthwise cheap op (+ReLU) and concat, as one kernel.
 
-    ``ghosts`` of the conv's outputs are kept (a module sliced to fewer than 2m channels).
-    Off the kernel's ground (not float32, not CPU, or a gradient needed: it has no backward)
-    it computes the same thing with standard ops.
+    ``ghosts`` of the conv's outputs are kept (a module sliced to fewer than 2m channels);
+    ``affine`` (a 1x1 depthwise conv) normalises the intrinsic half, as in a
+    ``FusedGhostConv2d``. Off the kernel's ground (not float32, not CPU, or a gradient
+    needed: it has no backward) it computes the same thing with standard ops.
     """
 
-    def __init__(self, conv: nn.Conv2d, ghosts: int, relu: bool) -> None:
+    def __init__(
+        self, conv: nn.Conv2d, ghosts: int, relu: bool, affine: nn.Conv2d | None = None
+    ) -> None:
         super().__init__()
         weight = conv.weight.detach()[:ghosts].clone()
         bias = conv.bias.detach()[:ghosts].clone() if conv.bias is not None else None
         self.register_buffer("weight", weight)
         self.register_buffer("bias", bias if bias is not None else weight.new_zeros(ghosts))
         self.relu = relu
+        scale = shift = None
+        if affine is not None:
+            scale = affine.weight.detach().reshape(-1).clone()
+            shift = affine.bias.detach().clone() if affine.bias is not None else None
+            shift = shift if shift is not None else scale.new_zeros(scale.shape)
+        self.register_buffer("scale", scale)  # None: the intrinsic half is copied as it is
+        self.register_buffer("shift", shift)
 
     def forward(self, intrinsic: torch.Tensor) -> torch.Tensor:
         kernel_ground = (
@@ -111,7 +149,7 @@ class CheapCat(nn.Module):
             and not (torch.is_grad_enabled() and intrinsic.requires_grad)
         )
         if kernel_ground:
-            return cheap_cat(intrinsic, self.weight, self.bias, self.relu)
+            return cheap_cat(intrinsic, self.weight, self.bias, self.relu, self.scale, self.shift)
         ghosts = self.weight.shape[0]
         out = F.conv2d(
             intrinsic[:, :ghosts],
@@ -120,11 +158,35 @@ class CheapCat(nn.Module):
             padding=self.weight.shape[-1] // 2,
             groups=ghosts,
         )
-        return torch.cat([intrinsic, F.relu(out) if self.relu else out], dim=1)
+        first = intrinsic
+        if self.scale is not None:
+            view = (1, -1, 1, 1)
+            scale, shift = self.scale.to(intrinsic.dtype), self.shift.to(intrinsic.dtype)
+            first = intrinsic * scale.view(view) + shift.view(view)
+        return torch.cat([first, F.relu(out) if self.relu else out], dim=1)
 
     def extra_repr(self) -> str:
         g, _, k, _ = self.weight.shape
-        return f"ghosts={g}, kernel={k}x{k}, relu={self.relu}"
+        affine = ", affine" if self.scale is not None else ""
+        return f"ghosts={g}, kernel={k}x{k}, relu={self.relu}{affine}"
+
+
+class GhostConvKernel(nn.Module):
+    """A ``FusedGhostConv2d`` (a ghostified conv, BN folded) with its intrinsic-half BN,
+    cheap op and concat in one ``CheapCat`` pass; the output order (an inherited layer's)
+    is kept."""
+
+    def __init__(self, fused: nn.Module) -> None:
+        super().__init__()
+        self.primary_conv = fused.primary_conv
+        cheap = fused.cheap_operation
+        self.cheap_cat = CheapCat(cheap, cheap.out_channels, relu=False, affine=fused.affine)
+        order = fused.output_order
+        self.register_buffer("output_order", None if order is None else order.clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.cheap_cat(self.primary_conv(x))
+        return out if self.output_order is None else out.index_select(1, self.output_order)
 
 
 def _activation(
@@ -180,11 +242,29 @@ def _kept_channels(node: torch.fx.Node, total: int) -> tuple[torch.fx.Node, int]
     return node, total
 
 
+def _kernel_ready(module: nn.Module) -> bool:
+    """A ghostified conv (BN folded) whose ghosts come from its first maps, one each, by a
+    stride-1 depthwise conv: what ``cheap_cat`` computes."""
+    from ..deploy import FusedGhostConv2d
+
+    if not isinstance(module, FusedGhostConv2d) or module.cheap_operation is None:
+        return False
+    cheap = module.cheap_operation
+    m = module.primary_conv.out_channels
+    return (
+        module._first_maps
+        and cheap.in_channels <= m
+        and _depthwise(cheap, cheap.in_channels)
+        and (module.affine is None or module.affine.out_channels == m)
+    )
+
+
 def fuse_cheap_ops(model: nn.Module) -> torch.fx.GraphModule:
     """``model`` (BN-folded by ``deploy.fuse`` first if it is not an FX graph yet) with
     every ``cat([a, act(depthwise(a))], 1)`` (optionally sliced to fewer channels) computed
-    by ``CheapCat``. Builds the kernel now, so a missing compiler fails here, once."""
-    from ..deploy import fuse
+    by ``CheapCat``, and every ghostified conv (``FusedGhostConv2d``) by ``GhostConvKernel``.
+    Builds the kernel now, so a missing compiler fails here, once."""
+    from ..deploy import _set_submodule, fuse
 
     load_extension()
     gm = copy.deepcopy(model) if isinstance(model, torch.fx.GraphModule) else fuse(model)
@@ -220,6 +300,10 @@ def fuse_cheap_ops(model: nn.Module) -> torch.fx.GraphModule:
         target.replace_all_uses_with(fused)
         for dead in dict.fromkeys((target, node, ghost, conv_node)):  # users first
             gm.graph.erase_node(dead)
+    for name, module in list(gm.named_modules()):
+        if _kernel_ready(module):
+            _set_submodule(gm, name, GhostConvKernel(module))
+            count += 1
     gm.graph.lint()
     gm.delete_all_unused_submodules()
     gm.recompile()
