@@ -51,7 +51,11 @@ def main() -> int:
     c = args.channels
     plain = nn.Sequential(nn.Conv2d(c, c, 1, bias=False), nn.BatchNorm2d(c), nn.ReLU()).eval()
     ghost = GhostModule(c, c, kernel_size=1, ratio=args.ratio).eval()
-    backends = args.backends.split(",") + (["fused-bf16", "openvino-bf16"] if has_bf16() else [])
+    backends = args.backends.split(",") + (
+        ["fused-bf16", "fused-kernel-bf16", "compile-bf16", "compile-kernel-bf16", "openvino-bf16"]
+        if has_bf16()
+        else []
+    )
     size = (c, args.size, args.size)
     x = torch.randn(args.batch, *size)
     inputs = {backend: native_input(backend, x) for backend in backends}

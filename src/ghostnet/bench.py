@@ -38,7 +38,7 @@ BACKENDS = ("eager", "fused", "compile", "onnxruntime", "openvino")
 SPLIT_SUFFIX = "-split"
 # "-pad" variants split and also pad every part to a multiple of the runtime's channel block
 PAD_SUFFIX = "-pad"
-# "-kernel" variants (fused/compile, fp32) run Ghost cheap op + concat as one C++ kernel
+# "-kernel" variants (fused/compile, fp32 or bf16) run Ghost cheap op + concat as one C++ kernel
 KERNEL_SUFFIX = "-kernel"
 PRECISION_SUFFIXES = ("-bf16", "-int8")
 _BF16_BACKENDS = ("eager", "fused", "compile", "openvino")
@@ -288,7 +288,7 @@ def _parse_backend(backend: str) -> tuple[str, str, str]:
             break  # one layout at most: "-pad" already splits
     base = rest
     ok = base in BACKENDS and not (layout and base == "eager")
-    ok = ok and (layout != "kernel" or (base in ("fused", "compile") and precision == "fp32"))
+    ok = ok and (layout != "kernel" or (base in ("fused", "compile") and precision != "int8"))
     ok = ok and (
         precision == "fp32"
         or (precision == "bf16" and base in _BF16_BACKENDS)
@@ -297,8 +297,8 @@ def _parse_backend(backend: str) -> tuple[str, str, str]:
     if not ok:
         raise GhostnetError(
             f"unknown backend {backend!r}: choose from {', '.join(BACKENDS)}, with "
-            f"{SPLIT_SUFFIX} or {PAD_SUFFIX} (not eager), {KERNEL_SUFFIX} (fused and compile, "
-            f"fp32), -bf16 ({', '.join(_BF16_BACKENDS)}) or -int8 "
+            f"{SPLIT_SUFFIX} or {PAD_SUFFIX} (not eager), {KERNEL_SUFFIX} (fused and compile), "
+            f"-bf16 ({', '.join(_BF16_BACKENDS)}) or -int8 "
             f"({', '.join(_INT8_BACKENDS)}), e.g. compile-bf16, onnxruntime-int8, fused-kernel"
         )
     return base, layout, precision

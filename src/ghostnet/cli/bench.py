@@ -46,7 +46,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help=f"comma-separated, from {', '.join(BACKENDS)}; a non-eager one may end in "
         "-split (Ghost concats kept apart) or -pad (split, parts padded to the CPU's channel "
         "block: fastest for Ghost models in onnxruntime); fused and compile may end in "
-        "-kernel (Ghost cheap op + concat as one C++ kernel, fp32)",
+        "-kernel (Ghost cheap op + concat as one C++ kernel; fp32 or bf16)",
     )
     p.add_argument(
         "--precision",
@@ -79,7 +79,10 @@ def with_precisions(backends: list[str], precisions: list[str]) -> list[str]:
             b if precision == "fp32" else f"{b}-{precision}"
             for b in backends
             if precision == "fp32"
-            or (b.split("-")[0] in supported[precision] and not b.endswith("-kernel"))
+            or (
+                b.split("-")[0] in supported[precision]
+                and not (precision == "int8" and b.endswith("-kernel"))
+            )
         ]
         if not chosen:
             raise GhostnetError(

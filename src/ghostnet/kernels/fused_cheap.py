@@ -104,7 +104,8 @@ def cheap_cat(
     scale: torch.Tensor | None = None,
     shift: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """``cat([a, act(depthwise(a[:, :g]) + bias)], 1)`` in one pass (float32, CPU;
+    """``cat([a, act(depthwise(a[:, :g]) + bias)], 1)`` in one pass (float32 or bfloat16
+    maps, float32 accumulation, CPU;
     ``weight`` is (g, 1, k, k), k odd, zero padding k // 2); channels_last output. With
     ``scale`` and ``shift`` (one per map of ``a``) the first half is ``scale * a + shift``
     while the ghosts still read ``a``: a ghostified conv whose BN was folded."""
@@ -144,7 +145,7 @@ class CheapCat(nn.Module):
 
     def forward(self, intrinsic: torch.Tensor) -> torch.Tensor:
         kernel_ground = (
-            intrinsic.dtype == torch.float32
+            intrinsic.dtype in (torch.float32, torch.bfloat16)
             and intrinsic.device.type == "cpu"
             and not (torch.is_grad_enabled() and intrinsic.requires_grad)
         )
