@@ -12,11 +12,22 @@ run on its own so that several distillation settings share one inherit.
     OMP_NUM_THREADS=1 python distill_features_r20.py --out b32 --features 'layer?.?' --batch 32
     OMP_NUM_THREADS=1 python distill_features_r20.py --out b64e8 --features 'layer?.?' \
         --batch 64 --epochs 8
+    OMP_NUM_THREADS=1 python distill_features_r20.py --out b32ema --features 'layer?.?' \
+        --batch 32 --ema 0.998
+    OMP_NUM_THREADS=1 python distill_features_r20.py --out b32noaug --features 'layer?.?' \
+        --batch 32 --no-augment
+    OMP_NUM_THREADS=1 python distill_features_r20.py --out b32flip --features 'layer?.?' \
+        --batch 32 --flip-only
+    OMP_NUM_THREADS=1 python distill_features_r20.py --out b32noaug_r1000 --features 'layer?.?' \
+        --batch 32 --no-augment --init runs/compress/r20_refine1000/inherited.pt
 """
 
 import argparse
 import logging
 
+from torchvision.transforms import v2
+
+from ghostnet import engine
 from ghostnet.config import config_from
 from ghostnet.engine import fit
 
@@ -30,7 +41,20 @@ parser.add_argument("--features", default=None, help="--kd-features patterns")
 parser.add_argument("--weight", type=float, default=1.0, help="--kd-feature-weight")
 parser.add_argument("--batch", type=int, default=128)
 parser.add_argument("--epochs", type=int, default=3)
+parser.add_argument("--ema", type=float, default=0.0, help="EMA decay per step (0 = off)")
+parser.add_argument(
+    "--no-augment", action="store_true", help="train on the images as they are (no crop/flip)"
+)
+parser.add_argument("--flip-only", action="store_true", help="random horizontal flips only")
 args = parser.parse_args()
+if args.no_augment or args.flip_only:  # an experiment, not a trainer option
+    real_build_transform = engine.build_transform
+
+    def build_transform(preset, train, *rest):
+        plain = real_build_transform(preset, False, *rest)  # the eval transform
+        return v2.Compose([v2.RandomHorizontalFlip(), plain]) if train and args.flip_only else plain
+
+    engine.build_transform = build_transform
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
 
 inherited = {
@@ -51,7 +75,7 @@ config = config_from(
     epochs=args.epochs,
     lr=args.lr,
     warmup_epochs=0.0,  # as compress: the start is trained
-    ema=0.0,
+    ema=args.ema,
     teacher=args.teacher,
     init_weights=args.init,
     kd_alpha=0.5,
