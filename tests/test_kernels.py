@@ -169,6 +169,34 @@ def test_fuse_cheap_ops_on_ghostified_convs_is_the_same_function():
         torch.testing.assert_close(got, expected, atol=1e-3, rtol=1e-3)
 
 
+class _Untraceable(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(3, 16, 3, padding=1),
+            nn.BatchNorm2d(16),
+            nn.ReLU(),
+            nn.Conv2d(16, 32, 3, padding=1),
+            nn.BatchNorm2d(32),
+            nn.ReLU(),
+        )
+
+    def forward(self, x):
+        return self.body(x) if x.sum() > 0 else self.body(-x)  # data-dependent: no FX
+
+
+def test_untraceable_model_gets_the_kernel_in_its_ghostified_convs():
+    model = ghostify(_Untraceable(), ratio=2, dw_size=3).eval()
+    for bn in (m for m in model.modules() if isinstance(m, nn.BatchNorm2d)):
+        bn.running_mean.uniform_(-0.5, 0.5)
+    rewritten = fuse_cheap_ops(model)
+    assert sum(isinstance(m, GhostConvKernel) for m in rewritten.modules()) == 1  # not the stem
+    x = torch.rand(2, 3, 8, 8)
+    with torch.inference_mode():
+        for sign in (1, -1):
+            torch.testing.assert_close(rewritten(sign * x), model(sign * x), atol=1e-5, rtol=1e-5)
+
+
 def test_sliced_ghost_module_keeps_only_the_ghosts_it_needs():
     module = GhostModule(8, 13, kernel_size=1, ratio=2).eval()  # m = 7, 6 of 7 ghosts kept
     rewritten = fuse_cheap_ops(module)
@@ -181,7 +209,8 @@ def test_sliced_ghost_module_keeps_only_the_ghosts_it_needs():
 
 class _NotGhost(nn.Module):
     """Concats the kernel must not take: stride-2 or dilated depthwise convs, a dense conv,
-    another tensor than the conv's input, a cheap op read elsewhere too."""
+    another tensor than the conv's input, a cheap op read elsewhere too, intrinsic maps
+    changed in place after the concat."""
 
     def __init__(self):
         super().__init__()
@@ -189,6 +218,7 @@ class _NotGhost(nn.Module):
         self.dilated = nn.Conv2d(4, 4, 3, 1, 2, dilation=2, groups=4)
         self.dense = nn.Conv2d(4, 4, 3, 1, 1)
         self.dw = nn.Conv2d(4, 4, 3, 1, 1, groups=4)
+        self.dw2 = nn.Conv2d(4, 4, 3, 1, 1, groups=4)
 
     def forward(self, x):
         s = torch.cat([x[:, :, ::2, ::2], self.strided(x)], 1)
@@ -198,7 +228,10 @@ class _NotGhost(nn.Module):
         f = torch.cat([y, self.dw(x)], 1)  # the conv reads x, the cat keeps y
         g = self.dw(y)
         h = torch.cat([y, g], 1) + g.sum()  # g is read elsewhere too
-        return s.sum() + d + e + f + h
+        z = x * 3
+        i = torch.cat([z, self.dw2(z)], 1)
+        z.relu_()  # the cat holds z's old values, a kernel reading z later would not
+        return s.sum() + d + e + f + h + i + z.sum()
 
 
 def test_fuse_cheap_ops_leaves_other_concats_alone():

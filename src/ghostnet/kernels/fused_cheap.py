@@ -190,9 +190,7 @@ class GhostConvKernel(nn.Module):
         return out if self.output_order is None else out.index_select(1, self.output_order)
 
 
-def _activation(
-    node: torch.fx.Node, modules: dict[str, nn.Module]
-) -> tuple[torch.fx.Node, bool] | None:
+def _activation(node: torch.fx.Node, modules: dict[str, nn.Module]) -> tuple[torch.fx.Node, bool]:
     """(the node under an optional ReLU/Identity, whether it was a ReLU)."""
     if node.op == "call_module":
         module = modules.get(node.target)
@@ -260,15 +258,30 @@ def _kernel_ready(module: nn.Module) -> bool:
     )
 
 
-def fuse_cheap_ops(model: nn.Module) -> torch.fx.GraphModule:
-    """``model`` (BN-folded by ``deploy.fuse`` first if it is not an FX graph yet) with
-    every ``cat([a, act(depthwise(a))], 1)`` (optionally sliced to fewer channels) computed
-    by ``CheapCat``, and every ghostified conv (``FusedGhostConv2d``) by ``GhostConvKernel``.
-    Builds the kernel now, so a missing compiler fails here, once."""
+def fuse_cheap_ops(model: nn.Module) -> nn.Module:
+    """``model`` (BN-folded by ``deploy.fuse`` first if it is not an FX graph yet; the
+    argument itself is not changed) with every ``cat([a, act(depthwise(a))], 1)``
+    (optionally sliced to fewer channels) computed by ``CheapCat``, and every ghostified
+    conv (``FusedGhostConv2d``) by ``GhostConvKernel``. Builds the kernel now, so a missing
+    compiler fails here, once. A model torch.fx cannot trace gets only the second."""
     from ..deploy import _set_submodule, fuse
 
     load_extension()
-    gm = copy.deepcopy(model) if isinstance(model, torch.fx.GraphModule) else fuse(model)
+    out = copy.deepcopy(model) if isinstance(model, torch.fx.GraphModule) else fuse(model)
+    if isinstance(out, torch.fx.GraphModule):
+        _fuse_graph_cheap_ops(out)
+    for name, module in list(out.named_modules()):
+        if _kernel_ready(module):
+            _set_submodule(out, name, GhostConvKernel(module))
+    if isinstance(out, torch.fx.GraphModule):
+        out.delete_all_unused_submodules()
+        out.recompile()
+    return out
+
+
+def _fuse_graph_cheap_ops(gm: torch.fx.GraphModule) -> None:
+    from ..split import _in_place
+
     modules = dict(gm.named_modules())
     count = 0
     for node in list(gm.graph.nodes):
@@ -287,6 +300,8 @@ def fuse_cheap_ops(model: nn.Module) -> torch.fx.GraphModule:
             continue
         if ghost is not conv_node and len(ghost.users) != 1:
             continue
+        if any(_in_place(user, modules) for user in intrinsic.users):  # changed after the read
+            continue
         m = conv.in_channels if isinstance(conv, nn.Conv2d) else 0
         if not _depthwise(conv, m):
             continue
@@ -294,6 +309,9 @@ def fuse_cheap_ops(model: nn.Module) -> torch.fx.GraphModule:
         if kept <= m:  # no ghost is kept: nothing for the kernel to do
             continue
         name = f"cheap_cat_{count}"
+        while hasattr(gm, name):
+            count += 1
+            name = f"cheap_cat_{count}"
         count += 1
         gm.add_submodule(name, CheapCat(conv, kept - m, relu))
         with gm.graph.inserting_before(target):
@@ -301,11 +319,4 @@ def fuse_cheap_ops(model: nn.Module) -> torch.fx.GraphModule:
         target.replace_all_uses_with(fused)
         for dead in dict.fromkeys((target, node, ghost, conv_node)):  # users first
             gm.graph.erase_node(dead)
-    for name, module in list(gm.named_modules()):
-        if _kernel_ready(module):
-            _set_submodule(gm, name, GhostConvKernel(module))
-            count += 1
     gm.graph.lint()
-    gm.delete_all_unused_submodules()
-    gm.recompile()
-    return gm
