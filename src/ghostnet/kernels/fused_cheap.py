@@ -11,14 +11,18 @@ the module saves (README, "The Ghost module at its MAC ratio"). ``cheap_cat.cpp`
 ``fuse_cheap_ops(model)`` finds that pattern in a fused (``deploy.fuse``) graph and swaps in
 ``CheapCat``; PyTorch inference (eager or torch.compile, where ``ghostnet::cheap_cat`` is an
 opaque custom op) then runs it. It is built on first use with the machine's C++ compiler
-(``torch.utils.cpp_extension``, ~40 s, cached). ONNX export keeps the standard ops.
+(``torch.utils.cpp_extension``, ~40 s, cached in ``$GHOSTNET_CACHE/kernels``, default
+``~/.cache/ghostnet/kernels``). ONNX export keeps the standard ops.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import operator
+import os
+import time
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -46,16 +50,40 @@ def _cpu_tag() -> str:
     return hashlib.sha1(flags.encode()).hexdigest()[:8]
 
 
+# Older torch guards a build with a lock file whose mere existence blocks (FileBaton): a
+# killed build leaves it and every later build waits forever. Newer torch holds an OS lock
+# on that file (filelock), which dies with its process: the file must then stay.
+STALE_LOCK_S = 600
+
+
+def _build_directory(name: str) -> Path:
+    """``$GHOSTNET_CACHE/kernels/NAME``, else ``~/.cache/ghostnet/kernels/NAME``; with a
+    torch that uses lock files, a lock older than any real build is removed."""
+    from torch.utils import cpp_extension
+
+    base = os.environ.get("GHOSTNET_CACHE") or Path.home() / ".cache" / "ghostnet"
+    folder = Path(base) / "kernels" / name
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = folder / "lock"
+    if not hasattr(cpp_extension, "FileLock"):
+        with contextlib.suppress(OSError):
+            if time.time() - lock.stat().st_mtime > STALE_LOCK_S:
+                lock.unlink()
+    return folder
+
+
 @cache
 def load_extension() -> Any:
     """Build (first call, ~40 s) or load the compiled kernel; one-line error if impossible."""
     from torch.utils.cpp_extension import load
 
+    name = f"ghostnet_cheap_cat_{_cpu_tag()}"
     try:
         return load(
-            name=f"ghostnet_cheap_cat_{_cpu_tag()}",
+            name=name,
             sources=[str(SOURCE)],
             extra_cflags=["-O3", "-march=native"],
+            build_directory=str(_build_directory(name)),
             verbose=False,
         )
     except Exception as exc:  # compiler, ninja or headers missing: many exception types
