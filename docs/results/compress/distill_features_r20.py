@@ -20,6 +20,11 @@ run on its own so that several distillation settings share one inherit.
         --batch 32 --flip-only
     OMP_NUM_THREADS=1 python distill_features_r20.py --out b32noaug_r1000 --features 'layer?.?' \
         --batch 32 --no-augment --init runs/compress/r20_refine1000/inherited.pt
+    OMP_NUM_THREADS=1 python distill_features_r20.py --out b32flip_r1000 --features 'layer?.?' \
+        --batch 32 --flip-only --init runs/compress/r20_refine1000/inherited.pt
+
+``runs/compress/r20_refine1000/inherited.pt``: the same compress call with
+``--refine-steps 1000 --epochs 0`` (0-epoch top-1 73.81).
 """
 
 import argparse
