@@ -22,6 +22,20 @@ run on its own so that several distillation settings share one inherit.
         --batch 32 --no-augment --init runs/compress/r20_refine1000/inherited.pt
     OMP_NUM_THREADS=1 python distill_features_r20.py --out b32flip_r1000 --features 'layer?.?' \
         --batch 32 --flip-only --init runs/compress/r20_refine1000/inherited.pt
+    OMP_NUM_THREADS=1 python distill_features_r20.py --out b32flip_handover1 \
+        --features 'layer?.?' --batch 32 --flip-only --anneal-steps 1563
+    OMP_NUM_THREADS=1 python distill_features_r20.py --out b32flip_handover2 \
+        --features 'layer?.?' --batch 32 --flip-only --anneal-steps 3126
+
+    OMP_NUM_THREADS=1 python distill_features_r20.py --out b32flip_lr04 --features 'layer?.?' \
+        --batch 32 --flip-only --lr 0.04      # likewise --lr 0.01 (b32flip_lr01), 0.005
+    OMP_NUM_THREADS=1 python distill_features_r20.py --out b32flip_d5 --features 'layer?.?' \
+        --batch 32 --flip-only --dw-size 5 --init runs/compress/r20_inherit_d5/inherited.pt
+
+``runs/compress/r20_inherit_d5``: ``ghostnet compress --checkpoint runs/resnet20/best.pt
+--dw-size 5 --refine-steps 300 --epochs 0`` (0-epoch top-1 72.21).
+(``--anneal-steps``: 1563 steps = 1 epoch at batch 32; the summaries of these two runs do
+not record it, the monkeypatch is outside the trainer's config.)
 
 ``runs/compress/r20_refine1000/inherited.pt``: the same compress call with
 ``--refine-steps 1000 --epochs 0`` (0-epoch top-1 73.81).
@@ -46,11 +60,18 @@ parser.add_argument("--features", default=None, help="--kd-features patterns")
 parser.add_argument("--weight", type=float, default=1.0, help="--kd-feature-weight")
 parser.add_argument("--batch", type=int, default=128)
 parser.add_argument("--epochs", type=int, default=3)
+parser.add_argument("--dw-size", type=int, default=3, help="the --init model's cheap-op d")
 parser.add_argument("--ema", type=float, default=0.0, help="EMA decay per step (0 = off)")
 parser.add_argument(
     "--no-augment", action="store_true", help="train on the images as they are (no crop/flip)"
 )
 parser.add_argument("--flip-only", action="store_true", help="random horizontal flips only")
+parser.add_argument(
+    "--anneal-steps",
+    type=int,
+    default=0,
+    help="hand each layer over from the original conv to its Ghost layer over this many steps",
+)
 args = parser.parse_args()
 if args.no_augment or args.flip_only:  # an experiment, not a trainer option
     real_build_transform = engine.build_transform
@@ -60,11 +81,49 @@ if args.no_augment or args.flip_only:  # an experiment, not a trainer option
         return v2.Compose([v2.RandomHorizontalFlip(), plain]) if train and args.flip_only else plain
 
     engine.build_transform = build_transform
+if args.anneal_steps:  # an experiment: each Ghost layer blended with its (frozen) original
+    import torch
+    from torch import nn
+
+    from ghostnet.checkpoint import model_from_checkpoint
+    from ghostnet.layers import GhostConv2d
+
+    class Blend(nn.Module):
+        """(1 - a) * ghost(x) + a * conv(x), a falling linearly from 1 to 0 over the
+        training steps; at a = 0 it is exactly the Ghost layer."""
+
+        def __init__(self, ghost: nn.Module, conv: nn.Conv2d, steps: int) -> None:
+            super().__init__()
+            self.ghost, self.conv, self.steps = ghost, conv.requires_grad_(False), steps
+            self.register_buffer("step", torch.zeros((), dtype=torch.long))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = self.ghost(x)
+            if self.training:
+                self.step += 1
+            alpha = max(0.0, 1.0 - self.step.item() / self.steps)
+            return y + alpha * (self.conv(x) - y) if alpha > 0 else y
+
+    real_build_model = engine.build_model
+
+    def build_model(config, classes, preset):
+        model, spec, counts = real_build_model(config, classes, preset)
+        original, _ = model_from_checkpoint(args.teacher)
+        convs = dict(original.named_modules())
+        for name, module in list(model.named_modules()):
+            if isinstance(module, GhostConv2d):
+                parent, _, leaf = name.rpartition(".")
+                blend = Blend(module, convs[name], args.anneal_steps)
+                setattr(model.get_submodule(parent) if parent else model, leaf, blend)
+        return model, spec, counts
+
+    engine.build_model = build_model
+
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
 
 inherited = {
     "ratio": 2,
-    "dw_size": 3,
+    "dw_size": args.dw_size,
     "skip_first": True,
     "include": None,
     "exclude": None,
