@@ -31,6 +31,7 @@ TRAIN_BAD = {
     "--label-smoothing": ["1", "-0.1"],
     "--ema": ["1", "-0.5"],
     "--randaugment": ["-1", "99"],
+    "--augment": ["crops", ""],
     "--random-erase": ["1.5", "-0.1"],
     "--mixup": ["-1"],
     "--cutmix": ["-0.5"],

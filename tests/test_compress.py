@@ -104,7 +104,7 @@ def test_compress_refine_and_bn_choice_are_recorded(tiny):
 @pytest.mark.slow
 def test_compress_distils_from_the_original(tiny):
     root = tiny[0]
-    extra = ("--epochs", "1", "--batch-size", "8", "--kd-features", "blocks")
+    extra = ("--epochs", "1", "--batch-size", "8", "--kd-features", "blocks", "--augment", "flip")
     assert main(_args(tiny, "c1", *extra)) == 0
     summary = json.loads((root / "c1" / "summary.json").read_text())
     distilled = summary["distilled"]
@@ -114,6 +114,7 @@ def test_compress_distils_from_the_original(tiny):
     run = json.loads((root / "c1" / "distill" / "summary.json").read_text())
     assert run["teacher"] == str(tiny[2]) and run["config"]["init_weights"].endswith("inherited.pt")
     assert run["config"]["ghostify"]["inherited"] is True
+    assert run["config"]["augment"] == distilled["augment"] == "flip"
 
 
 def test_compress_model_name_with_weights_file(tiny, tmp_path):

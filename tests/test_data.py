@@ -205,6 +205,31 @@ def test_augmentation_is_seeded_per_sample(tmp_path):
     assert not torch.equal(first, ds[1][0])
 
 
+@pytest.mark.parametrize("size", [16, 80])  # the cifar and the imagenet preset
+def test_augment_flip_and_none_prepare_training_images_as_evaluation_ones(tmp_path, size):
+    root = make_image_folder(tmp_path, classes=2, per_class=4, size=size)
+    source = open_data(str(root), in_memory="never")
+    preset = choose_preset("auto", source.train.image_size, 64 if size == 80 else None)
+    plain = ImageDataset(source.train, build_transform(preset, False))
+    none = ImageDataset(source.train, build_transform(preset, True, augment="none"), seed=1)
+    flip = ImageDataset(source.train, build_transform(preset, True, augment="flip"), seed=1)
+    crop = ImageDataset(source.train, build_transform(preset, True), seed=1)
+    flipped = cropped = 0
+    for epoch in range(4):
+        for ds in (none, flip, crop):
+            ds.set_epoch(epoch)
+        for i in range(len(plain)):
+            image = plain[i][0]
+            assert torch.equal(none[i][0], image)
+            got = flip[i][0]
+            assert torch.equal(got, image) or torch.equal(got, image.flip(-1))
+            flipped += not torch.equal(got, image)
+            c = crop[i][0]
+            cropped += not (torch.equal(c, image) or torch.equal(c, image.flip(-1)))
+    assert 0 < flipped < 4 * len(plain)  # random flips, not always and not never
+    assert cropped > 0  # the default still crops
+
+
 def test_imagenet_preset_sizes(tmp_path):
     root = make_image_folder(tmp_path, classes=2, per_class=2, size=80)
     source = open_data(str(root), in_memory="never")

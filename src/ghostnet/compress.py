@@ -61,6 +61,7 @@ class CompressOptions:
     kd_temperature: float | None = None
     kd_features: str | None = None  # module-name patterns, or "blocks" (see block_names)
     kd_feature_weight: float | None = None
+    augment: str | None = None  # the trainer's --augment (its default: crop-flip)
     train_subset: int | None = None
     eval_subset: int | None = None
     seed: int = 0
@@ -316,6 +317,7 @@ def compress(options: CompressOptions) -> dict[str, Any]:
             kd_features=options.kd_features,
             kd_feature_weight=options.kd_feature_weight,
             batch_size=options.batch_size,
+            augment=options.augment,
             train_subset=options.train_subset,
             eval_subset=options.eval_subset,
             seed=options.seed,
@@ -432,6 +434,7 @@ def compress(options: CompressOptions) -> dict[str, Any]:
             "kd_features": config.kd_features,
             "kd_feature_weight": config.kd_feature_weight if config.kd_features else None,
             "batch_size": config.batch_size,
+            "augment": config.augment,
             "recipe": config.recipe,
             "wall_s": time.perf_counter() - start,
         }

@@ -13,6 +13,8 @@ from typing import Any
 
 from .errors import GhostnetError
 
+AUGMENTS = ("crop-flip", "flip", "none")
+
 
 def option(
     default: Any,
@@ -104,6 +106,14 @@ class TrainConfig:
         "a non-finite loss: stop (every process, the last finite checkpoint kept) or skip "
         "the step (costs one host sync per step)",
         choices=("stop", "skip"),
+    )
+    augment: str = option(
+        "crop-flip",
+        "geometric augmentation of training images: random crop (cifar: pad 4 and crop; "
+        "imagenet: random-resized crop) and horizontal flip, flips only, or none (then "
+        "training images are prepared as evaluation images are, plus the flip for 'flip')",
+        choices=AUGMENTS,
+        group="augmentation",
     )
     randaugment: int = option(
         0,

@@ -374,22 +374,29 @@ def choose_preset(
 
 
 def build_transform(
-    preset: Preset, train: bool, randaugment: int = 0, random_erase: float = 0.0
+    preset: Preset,
+    train: bool,
+    randaugment: int = 0,
+    random_erase: float = 0.0,
+    augment: str = "crop-flip",
 ) -> v2.Compose:
     """torchvision transforms v2 for a uint8 (3, H, W) tensor -> normalised float tensor.
 
-    Training adds, when asked, RandAugment (2 ops at ``randaugment`` magnitude, on uint8)
-    after the crop and flip, and random erasing (probability ``random_erase``) last."""
+    Training crops and flips (``augment="crop-flip"``), only flips (``"flip"``: a short
+    fine-tune, such as ``compress``'s distillation, underfits with crops) or neither
+    (``"none"``); without the crop the image is resized (and centre-cropped) as for
+    evaluation. Then, when asked, RandAugment (2 ops at ``randaugment`` magnitude, on uint8)
+    and random erasing (probability ``random_erase``) last."""
     size = preset.input_size
+    crop = train and augment == "crop-flip"
     steps: list[v2.Transform]
     if preset.name == "cifar":
         steps = [v2.Resize((size, size), antialias=True)]
-        if train:
-            steps += [v2.RandomCrop(size, padding=4), v2.RandomHorizontalFlip()]
-    elif train:
+        if crop:
+            steps.append(v2.RandomCrop(size, padding=4))
+    elif crop:
         steps = [
-            v2.RandomResizedCrop(size, interpolation=v2.InterpolationMode.BILINEAR, antialias=True),
-            v2.RandomHorizontalFlip(),
+            v2.RandomResizedCrop(size, interpolation=v2.InterpolationMode.BILINEAR, antialias=True)
         ]
     else:
         steps = [
@@ -400,6 +407,8 @@ def build_transform(
             ),
             v2.CenterCrop(size),
         ]
+    if train and augment != "none":
+        steps.append(v2.RandomHorizontalFlip())
     if train and randaugment > 0:
         steps.append(v2.RandAugment(num_ops=2, magnitude=randaugment))
     steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(preset.mean, preset.std)]

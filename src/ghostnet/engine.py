@@ -397,7 +397,9 @@ def prepare_data(config: TrainConfig, ddp: Dist, pin_memory: bool = False) -> Pr
     if len(train_split) == 0 or len(eval_split) == 0:
         raise GhostnetError(f"{config.data}: the train or eval split is empty")
     preset = choose_preset(config.preset, train_split.image_size, config.input_size)
-    train_tf = build_transform(preset, True, config.randaugment, config.random_erase)
+    train_tf = build_transform(
+        preset, True, config.randaugment, config.random_erase, config.augment
+    )
     train_set = ImageDataset(train_split, train_tf, config.seed, config.strict_data)
     eval_set = ImageDataset(eval_split, build_transform(preset, False), config.seed)
     sampler = ResumableSampler(train_set, ddp.world, ddp.rank, config.seed)
