@@ -228,6 +228,8 @@ def test_augment_flip_and_none_prepare_training_images_as_evaluation_ones(tmp_pa
             cropped += not (torch.equal(c, image) or torch.equal(c, image.flip(-1)))
     assert 0 < flipped < 4 * len(plain)  # random flips, not always and not never
     assert cropped > 0  # the default still crops
+    with pytest.raises(GhostnetError, match="augment must be one of crop-flip, flip, none"):
+        build_transform(preset, True, augment="crops")
 
 
 def test_imagenet_preset_sizes(tmp_path):

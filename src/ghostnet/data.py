@@ -26,6 +26,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
+from .config import AUGMENTS
 from .errors import GhostnetError
 
 log = logging.getLogger("ghostnet")
@@ -387,6 +388,8 @@ def build_transform(
     (``"none"``); without the crop the image is resized (and centre-cropped) as for
     evaluation. Then, when asked, RandAugment (2 ops at ``randaugment`` magnitude, on uint8)
     and random erasing (probability ``random_erase``) last."""
+    if augment not in AUGMENTS:
+        raise GhostnetError(f"augment must be one of {', '.join(AUGMENTS)}, got {augment!r}")
     size = preset.input_size
     crop = train and augment == "crop-flip"
     steps: list[v2.Transform]
