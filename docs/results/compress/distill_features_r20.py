@@ -44,8 +44,6 @@ not record it, the monkeypatch is outside the trainer's config.)
 import argparse
 import logging
 
-from torchvision.transforms import v2
-
 from ghostnet import engine
 from ghostnet.config import config_from
 from ghostnet.engine import fit
@@ -73,14 +71,6 @@ parser.add_argument(
     help="hand each layer over from the original conv to its Ghost layer over this many steps",
 )
 args = parser.parse_args()
-if args.no_augment or args.flip_only:  # an experiment, not a trainer option
-    real_build_transform = engine.build_transform
-
-    def build_transform(preset, train, *rest):
-        plain = real_build_transform(preset, False, *rest)  # the eval transform
-        return v2.Compose([v2.RandomHorizontalFlip(), plain]) if train and args.flip_only else plain
-
-    engine.build_transform = build_transform
 if args.anneal_steps:  # an experiment: each Ghost layer blended with its (frozen) original
     import torch
     from torch import nn
@@ -145,6 +135,8 @@ config = config_from(
     kd_alpha=0.5,
     kd_temperature=4.0,
     batch_size=args.batch,
+    # the trainer's --augment (these flags predate it; same transforms)
+    augment="none" if args.no_augment else "flip" if args.flip_only else "crop-flip",
     kd_features=args.features,
     kd_feature_weight=args.weight,
     quiet=True,
