@@ -1,7 +1,9 @@
 """GhostNet vs MobileNetV3-Large as the backbone of the same FPN detector, trained the same
-way (same data, steps, optimizer, seed, from scratch) on the CIFAR detection set; reports
-mAP@0.5, mAP, params, MACs (backbone + FPN + dense head, torch.utils.flop_counter) and CPU
-latency of the whole detector at 256x256. A run interrupted at any point continues with
+way (same data, steps, optimizer, seed; from scratch or from a backbone trained first) on
+the CIFAR detection set; reports mAP@0.5, mAP, params, MACs (backbone + FPN + dense head,
+torch.utils.flop_counter) and CPU latency of the whole detector at 256x256.
+``--init-weights`` starts the backbone from a classifier trained first (on CIFAR-10 at
+32x32: the pasted objects are CIFAR images). A run interrupted at any point continues with
 --resume (fit_detection's last.pt).
 
     .venv/bin/python benchmarks/make_cifar_detection.py --out /work/runs/cifar_det \
@@ -64,6 +66,12 @@ def main() -> int:
         default=",".join(BACKBONES),
         help="comma-separated; run one per process to train them side by side",
     )
+    p.add_argument(
+        "--init-weights",
+        default=None,
+        help="start the backbone from a classifier's checkpoint (e.g. the backbone trained "
+        "on CIFAR-10 at 32x32); one backbone per call",
+    )
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", default=None)
     p.add_argument(
@@ -73,6 +81,8 @@ def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.set_num_threads(args.threads)
     chosen = tuple(b for b in args.backbones.split(",") if b)
+    if args.init_weights and len(chosen) != 1:
+        raise SystemExit("--init-weights is for one backbone: pass --backbones NAME")
     results = []
     if args.measure_only:
         from ghostnet.detection import create_detector
@@ -105,6 +115,7 @@ def main() -> int:
             clip_grad=10.0,
             device="cpu",
             input_size=256,
+            init_weights=args.init_weights,
             quiet=False,
         )
         start = time.perf_counter()
@@ -121,6 +132,7 @@ def main() -> int:
         row = {
             "backbone": backbone,
             "detector": args.detector,
+            "init_weights": args.init_weights,
             "steps": checkpoint["global_step"],
             "batch_size": args.batch_size,
             "train_wall_s_this_call": round(wall, 1),

@@ -220,11 +220,44 @@ def test_train_cli_task_detection(tmp_path, capsys, cifar10_path):
     assert "already holds a run" in capsys.readouterr().err
 
 
+def test_init_weights_start_backbone_or_whole_detector(tmp_path):
+    """A classifier's weights (its 10-class head left out) start the detector's backbone;
+    a detection checkpoint's weights start the whole detector."""
+    from ghostnet.checkpoint import FORMAT
+    from ghostnet.detection.train import load_detector_init
+    from ghostnet.models import create_model
+
+    torch.manual_seed(1)
+    classifier = create_model(BACKBONE, num_classes=10)
+    for p in classifier.parameters():  # far from any fresh init
+        p.data.uniform_(-1, 1)
+    torch.save(classifier.state_dict(), tmp_path / "cls.pt")
+    detector = create_detector("fcos", BACKBONE, num_classes=2, image_size=SIZE)
+    head_before = {k: v.clone() for k, v in detector.head.state_dict().items()}
+    assert load_detector_init(detector, str(tmp_path / "cls.pt")) == "backbone"
+    body = detector.backbone.body.body.state_dict()
+    cls_state = classifier.state_dict()
+    assert body and all(torch.equal(v, cls_state[k]) for k, v in body.items())
+    for k, v in detector.head.state_dict().items():  # the rest is untouched
+        assert torch.equal(v, head_before[k]), k
+
+    torch.save(
+        {"format": FORMAT, "task": "detection", "model": detector.state_dict()}, tmp_path / "det.pt"
+    )
+    fresh = create_detector("fcos", BACKBONE, num_classes=2, image_size=SIZE)
+    assert load_detector_init(fresh, str(tmp_path / "det.pt")) == "detector"
+    for (k, v), w in zip(fresh.state_dict().items(), detector.state_dict().values(), strict=True):
+        assert torch.equal(v, w), k
+
+
 def test_bad_detection_data_or_model_leaves_no_folder(tmp_path, capsys):
     """Data, model and optimizer are checked before the run folder is made."""
     from ghostnet.cli import main
+    from ghostnet.models import create_model
 
     root = write_coco(tmp_path / "coco")
+    other = tmp_path / "vgg.pt"
+    torch.save(create_model("vgg16_cifar").state_dict(), other)
     common = ["train", "--task", "detection", "--detector", "fcos", "--epochs", "1"]
     cases = {
         "missing_json": (
@@ -232,6 +265,14 @@ def test_bad_detection_data_or_model_leaves_no_folder(tmp_path, capsys):
             "instances_train2017.json",
         ),
         "unknown_model": (["--model", "no_such_net", "--data", str(root)], "no_such_net"),
+        "init_of_another_model": (
+            ["--model", "resnet20_cifar", "--data", str(root), "--init-weights", str(other)],
+            "lack",
+        ),
+        "init_missing": (
+            ["--model", "resnet20_cifar", "--data", str(root), "--init-weights", "nope.pt"],
+            "nope.pt",
+        ),
     }
     for name, (extra, needle) in cases.items():
         out = tmp_path / name

@@ -170,7 +170,8 @@ class TrainConfig:
     init_weights: str | None = option(
         None,
         "start the model from these weights (a training checkpoint or a weights file, "
-        "loaded strictly)",
+        "loaded strictly); with --task detection a classifier's weights start the backbone "
+        "(its head left out), a detection checkpoint's the whole detector",
         group="distillation",
     )
     amp: str = option("none", "mixed precision", choices=("none", "bf16", "fp16"), group="runtime")

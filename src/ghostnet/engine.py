@@ -644,23 +644,26 @@ def build_model(config: TrainConfig, classes: list[str], preset: Preset) -> tupl
     spec.kwargs.setdefault("num_classes", len(classes))
     model = spec.build()
     if config.init_weights:
-        _load_init_weights(model, config.init_weights)
+        from .weights import load_into
+
+        state, _ = read_init_weights(config.init_weights)
+        load_into(model, state, source=config.init_weights)
     counts = profile(model, (3, preset.input_size, preset.input_size))
     return model, spec, counts
 
 
-def _load_init_weights(model: nn.Module, source: str) -> None:
-    from .weights import load_into, load_state_dict_file, safe_torch_load
+def read_init_weights(source: str) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
+    """``--init-weights``: (the weights, the training checkpoint they came from or None for
+    a plain weights file). A checkpoint gives the weights it was evaluated with (EMA)."""
+    from .weights import load_state_dict_file, safe_torch_load
 
     path = Path(source).expanduser()
     if not path.is_file():
         raise GhostnetError(f"--init-weights: file not found: {path}")
     data = safe_torch_load(path) if path.suffix != ".safetensors" else None
     if isinstance(data, dict) and data.get("format") == FORMAT:
-        state = evaluation_weights(data)
-    else:
-        state = load_state_dict_file(path)
-    load_into(model, state, source=str(path))
+        return evaluation_weights(data), data
+    return load_state_dict_file(path), None
 
 
 def ema_update(decay: float) -> Any:

@@ -29,6 +29,7 @@ from ..engine import (
     build_optimizer,
     build_scheduler,
     pick_device,
+    read_init_weights,
     rng_state,
     set_rng_state,
 )
@@ -115,6 +116,36 @@ def evaluate_detector(
     return summary
 
 
+def load_detector_init(model: nn.Module, source: str) -> str:
+    """``--init-weights`` for a detector: a detection checkpoint's weights go into the whole
+    detector (same kind, backbone and classes); a classifier's (a training checkpoint or a
+    weights file, e.g. the backbone trained on CIFAR-10) into the backbone, its head left
+    out. Returns what was initialised: "detector" or "backbone"."""
+    from ..weights import load_into
+
+    state, checkpoint = read_init_weights(source)
+    if checkpoint is not None and checkpoint.get("task") == "detection":
+        load_into(model, state, source=source)
+        return "detector"
+    body = getattr(getattr(model, "backbone", None), "body", None)
+    if not hasattr(body, "load_backbone_state_dict"):
+        raise GhostnetError(
+            f"--init-weights {source}: this backbone ({type(body).__name__}) cannot take a "
+            "classifier's weights; build it from a registry or torchvision: model"
+        )
+    try:
+        unused = body.load_backbone_state_dict(state)
+    except GhostnetError as exc:
+        raise GhostnetError(f"--init-weights {source}: {exc}") from exc
+    log.info(
+        "backbone initialised from %s (%d tensors; not used: %s)",
+        source,
+        len(body.body.state_dict()),
+        ", ".join(unused) or "none",
+    )
+    return "backbone"
+
+
 def _save(out: Path, names: tuple[str, ...], state: dict[str, Any]) -> None:
     for name in names:
         atomic_save(state, out / name)
@@ -145,7 +176,10 @@ def fit_detection(
         if checkpoint
         else _spec(config, len(train_split.classes))
     )
-    model = spec.build().to(device)
+    model = spec.build()
+    if checkpoint is None and config.init_weights:
+        load_detector_init(model, config.init_weights)
+    model.to(device)
     train_set = DetectionDataset(train_split, flip=True, seed=config.seed)
     if config.train_subset:
         train_split.image_ids = train_split.image_ids[: config.train_subset]
@@ -276,6 +310,7 @@ def fit_detection(
         "classes": train_split.classes,
         "params": sum(p.numel() for p in model.parameters()),
         "train_s": round(elapsed + time.perf_counter() - started, 1),
+        "init_weights": config.init_weights,
         "best": best,
         "final": last_eval,
         "skipped": skipped,
