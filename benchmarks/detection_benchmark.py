@@ -138,6 +138,8 @@ def main() -> int:
             "train_wall_s_this_call": round(wall, 1),
             "mAP": scores["mAP"],
             "mAP50": scores["mAP50"],
+            "agnostic_mAP": scores["agnostic_mAP"],
+            "agnostic_mAP50": scores["agnostic_mAP50"],
             "per_class_AP": scores["per_class_AP"],
             **measure(model, 256, args.repeats),
         }

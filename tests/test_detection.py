@@ -173,7 +173,9 @@ def test_fit_detection_resumes_exactly(tmp_path, caplog):
     steps = [r.getMessage() for r in caplog.records if " step " in r.getMessage()]
     assert len(steps) == 4 and "epoch 2/2 step 2/2" in steps[-1] and "img/s" in steps[-1]
     summary = json.loads((tmp_path / "full" / "summary.json").read_text())
-    assert {"mAP", "mAP50", "per_class_AP"} <= set(summary["final"])
+    assert {"mAP", "mAP50", "per_class_AP", "agnostic_mAP", "agnostic_mAP50"} <= set(
+        summary["final"]
+    )
     assert set(summary["final"]["per_class_AP"]) == {"red", "green"}
 
     stopped = fit_detection(_config(root, tmp_path / "cut"), max_steps=3)  # mid-epoch 2
@@ -218,6 +220,36 @@ def test_train_cli_task_detection(tmp_path, capsys, cifar10_path):
     assert (tmp_path / "run" / "summary.json").exists()
     assert main(argv) == 2
     assert "already holds a run" in capsys.readouterr().err
+
+
+def test_class_agnostic_map_separates_wrong_classes_from_missed_boxes(tmp_path):
+    """Every true box found with the wrong class: mAP 0, class-agnostic mAP 1."""
+    from ghostnet.detection.train import evaluate_detector
+
+    split = open_split(write_coco(tmp_path / "coco", images=3), "val")
+    dataset = DetectionDataset(split)
+    targets = [dataset[i][1] for i in range(len(dataset))]
+
+    class Oracle(torch.nn.Module):
+        def __init__(self, swap: bool) -> None:
+            super().__init__()
+            self.swap, self.next = swap, 0
+
+        def forward(self, images):
+            outs = []
+            for _ in images:
+                t = targets[self.next]
+                self.next += 1
+                labels = 3 - t["labels"] if self.swap else t["labels"]  # 1 <-> 2
+                outs.append(
+                    {"boxes": t["boxes"], "scores": torch.ones(len(labels)), "labels": labels}
+                )
+            return outs
+
+    right = evaluate_detector(Oracle(False), split, torch.device("cpu"), batch_size=2)
+    wrong = evaluate_detector(Oracle(True), split, torch.device("cpu"), batch_size=2)
+    assert right["mAP50"] == pytest.approx(1.0) and right["agnostic_mAP50"] == pytest.approx(1.0)
+    assert wrong["mAP50"] == 0.0 and wrong["agnostic_mAP"] == pytest.approx(1.0)
 
 
 def test_init_weights_start_backbone_or_whole_detector(tmp_path):

@@ -37,6 +37,10 @@ def run_eval(args: argparse.Namespace) -> int:
     kind = checkpoint["detector"]["kind"]
     print(f"{kind} on {checkpoint['detector']['backbone']}: {result['images']} images")
     print(f"mAP {result['mAP']:.4f}   mAP@0.5 {result['mAP50']:.4f}")
+    print(
+        f"classes ignored: mAP {result['agnostic_mAP']:.4f}   "
+        f"mAP@0.5 {result['agnostic_mAP50']:.4f}"
+    )
     for name, ap in result["per_class_AP"].items():
         print(f"{name:<20} AP {ap:.4f}")
     return 0

@@ -63,7 +63,10 @@ def evaluate_detector(
     batch_size: int = 8,
     limit: int | None = None,
 ) -> dict[str, Any]:
-    """COCO box mAP (0.5:0.95), mAP@0.5 and per-class AP of ``model`` on ``split``."""
+    """COCO box mAP (0.5:0.95), mAP@0.5 and per-class AP of ``model`` on ``split``; also
+    both mAPs with classes ignored (``agnostic_*``, pycocotools' ``useCats=0``): the gap
+    between the two says how much is lost to wrong classes rather than to missed or
+    misplaced boxes."""
     from pycocotools.cocoeval import COCOeval
 
     dataset = DetectionDataset(split)
@@ -93,15 +96,26 @@ def evaluate_detector(
                 )
     summary: dict[str, Any] = {"images": len(image_ids), "detections": len(results)}
     if not results:
-        summary.update(mAP=0.0, mAP50=0.0, per_class_AP={c: 0.0 for c in split.classes})
+        summary.update(
+            mAP=0.0,
+            mAP50=0.0,
+            per_class_AP={c: 0.0 for c in split.classes},
+            agnostic_mAP=0.0,
+            agnostic_mAP50=0.0,
+        )
         return summary
+    evals = []
     with contextlib.redirect_stdout(io.StringIO()):
         detections = split.coco.loadRes(results)
-        coco_eval = COCOeval(split.coco, detections, "bbox")
-        coco_eval.params.imgIds = image_ids
-        coco_eval.evaluate()
-        coco_eval.accumulate()
-        coco_eval.summarize()
+        for use_cats in (1, 0):
+            coco_eval = COCOeval(split.coco, detections, "bbox")
+            coco_eval.params.imgIds = image_ids
+            coco_eval.params.useCats = use_cats
+            coco_eval.evaluate()
+            coco_eval.accumulate()
+            coco_eval.summarize()
+            evals.append(coco_eval)
+    coco_eval, agnostic = evals
     precision = coco_eval.eval["precision"]  # [IoU, recall, class, area, maxDets]
     per_class = {}
     for k, name in enumerate(split.classes):
@@ -112,6 +126,8 @@ def evaluate_detector(
         mAP=max(float(coco_eval.stats[0]), 0.0),
         mAP50=max(float(coco_eval.stats[1]), 0.0),
         per_class_AP=per_class,
+        agnostic_mAP=max(float(agnostic.stats[0]), 0.0),
+        agnostic_mAP50=max(float(agnostic.stats[1]), 0.0),
     )
     return summary
 
