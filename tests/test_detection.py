@@ -188,6 +188,25 @@ def test_fit_detection_resumes_exactly(tmp_path, caplog):
         assert torch.equal(x, y), name
 
 
+def test_resume_with_more_epochs_replans_the_schedule(tmp_path):
+    """--resume with a new --epochs continues on a cosine planned for the new length (not
+    the old cosine run past its end, which climbs back up); another model is refused."""
+    root = write_coco(tmp_path / "coco", images=4)  # 2 steps an epoch
+    config = dataclasses.replace(_config(root, tmp_path / "run"), epochs=1)
+    fit_detection(config)
+    longer = dataclasses.replace(config, epochs=2)
+    fit_detection(longer, resume=tmp_path / "run" / "last.pt")
+    _, checkpoint = detector_from_checkpoint(tmp_path / "run" / "last.pt")
+    lrs = [row["lr"] for row in checkpoint["history"]]
+    # epoch 1 ran on the 1-epoch plan (LR 0 at its end), epoch 2 on the 2-epoch plan from
+    # step 2 (0 at step 4); the old plan run on past its end would be back at the peak
+    assert lrs[0] == pytest.approx(0.0, abs=1e-9) and lrs[1] == pytest.approx(0.0, abs=1e-9)
+    assert checkpoint["config"]["epochs"] == 2
+    other = dataclasses.replace(longer, model="vgg16_cifar", epochs=3)
+    with pytest.raises(GhostnetError, match="--model"):
+        fit_detection(other, resume=tmp_path / "run" / "last.pt")
+
+
 @pytest.mark.slow
 def test_train_cli_task_detection(tmp_path, capsys, cifar10_path):
     """`ghostnet train --task detection` trains beside classification and refuses to write

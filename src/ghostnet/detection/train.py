@@ -30,6 +30,8 @@ from ..engine import (
     build_scheduler,
     pick_device,
     read_init_weights,
+    replan_scheduler,
+    resolve_resume,
     rng_state,
     set_rng_state,
 )
@@ -184,6 +186,9 @@ def fit_detection(
         raise GhostnetError(f"{resume} is not a detection checkpoint; resume it with its own task")
     if checkpoint is None and (out / "last.pt").exists():
         raise GhostnetError(f"{out} already holds a run (last.pt); resume it or pick a new --out")
+    replan = False
+    if checkpoint is not None:  # as classification: refuse another run, re-plan new epochs/LR
+        config, replan = resolve_resume(config, checkpoint, Path(resume))
     classes = checkpoint["classes"] if checkpoint else None
     train_split = open_split(config.data, "train", classes)
     val_split = open_split(config.data, "val", train_split.classes)
@@ -223,9 +228,12 @@ def fit_detection(
     if checkpoint is not None:
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
-        scheduler.load_state_dict(checkpoint["scheduler"])
         epoch, step_in_epoch = checkpoint["epoch"], checkpoint["step_in_epoch"]
         global_step, history = checkpoint["global_step"], list(checkpoint["history"])
+        if replan:
+            scheduler = replan_scheduler(optimizer, config, steps_per_epoch, global_step)
+        else:
+            scheduler.load_state_dict(checkpoint["scheduler"])
         best, elapsed = dict(checkpoint["best"]), float(checkpoint.get("train_s", 0.0))
         set_rng_state(checkpoint["rng"])
 
