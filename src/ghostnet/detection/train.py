@@ -236,6 +236,9 @@ def fit_detection(
             scheduler.load_state_dict(checkpoint["scheduler"])
         best, elapsed = dict(checkpoint["best"]), float(checkpoint.get("train_s", 0.0))
         set_rng_state(checkpoint["rng"])
+    # the resumed epoch's loss sums so far, so its metrics row is the uninterrupted one's
+    carried = dict(checkpoint.get("epoch_loss_sums") or {}) if checkpoint and step_in_epoch else {}
+    carried_steps = step_in_epoch if carried else 0
 
     def state() -> dict[str, Any]:
         return {
@@ -249,6 +252,7 @@ def fit_detection(
             "scheduler": scheduler.state_dict(),
             "epoch": epoch,
             "step_in_epoch": step_in_epoch,
+            "epoch_loss_sums": sums,
             "global_step": global_step,
             "history": history,
             "best": best,
@@ -265,7 +269,8 @@ def fit_detection(
         train_set.epoch = epoch
         sampler.skip = step_in_epoch * config.batch_size
         generator.manual_seed(config.seed + epoch)
-        sums: dict[str, float] = {}
+        sums, counted = carried, carried_steps
+        carried, carried_steps = {}, 0
         for images, targets in loader:
             images = [i.to(device) for i in images]
             targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
@@ -287,6 +292,7 @@ def fit_detection(
             for k, v in losses.items():
                 sums[k] = sums.get(k, 0.0) + v.item()
             step_in_epoch += 1
+            counted += 1
             global_step += 1
             if not config.quiet and step_in_epoch % config.log_every == 0:
                 seconds = time.perf_counter() - started
@@ -296,8 +302,8 @@ def fit_detection(
                     config.epochs,
                     step_in_epoch,
                     steps_per_epoch,
-                    sum(sums.values()) / step_in_epoch,
-                    " ".join(f"{k} {v / step_in_epoch:.3f}" for k, v in sums.items()),
+                    sum(sums.values()) / counted,
+                    " ".join(f"{k} {v / counted:.3f}" for k, v in sums.items()),
                     (global_step - first_step) * config.batch_size / max(seconds, 1e-9),
                     optimizer.param_groups[0]["lr"],
                 )
@@ -310,7 +316,7 @@ def fit_detection(
         row = {
             "epoch": epoch + 1,
             "lr": optimizer.param_groups[0]["lr"],
-            **{f"train_{k}": v / max(step_in_epoch, 1) for k, v in sums.items()},
+            **{f"train_{k}": v / max(counted, 1) for k, v in sums.items()},
             "mAP": last_eval["mAP"],
             "mAP50": last_eval["mAP50"],
         }
