@@ -56,6 +56,10 @@ def main() -> int:
     p.add_argument("--data", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--detector", default="fcos")
+    p.add_argument("--fpn-channels", type=int, default=128, help="FPN and head width")
+    p.add_argument(
+        "--head-convs", type=int, default=4, help="FCOS: 3x3 convs per head branch (paper: 4)"
+    )
     p.add_argument("--steps", type=int, default=150, help="optimizer steps per backbone")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--lr", type=float, default=0.01)
@@ -84,12 +88,20 @@ def main() -> int:
     if args.init_weights and len(chosen) != 1:
         raise SystemExit("--init-weights is for one backbone: pass --backbones NAME")
     results = []
+    head = {"fpn_channels": args.fpn_channels, "head_convs": args.head_convs}
     if args.measure_only:
         from ghostnet.detection import create_detector
 
         for backbone in chosen:
-            model = create_detector(args.detector, backbone, num_classes=10, image_size=256)
-            row = {"backbone": backbone, "detector": args.detector, "trained": False}
+            model = create_detector(
+                args.detector,
+                backbone,
+                num_classes=10,
+                image_size=256,
+                fpn_channels=args.fpn_channels,
+                head_convs=args.head_convs,
+            )
+            row = {"backbone": backbone, "detector": args.detector, "trained": False, **head}
             row.update(measure(model, 256, args.repeats))
             results.append(row)
             print(json.dumps(row), flush=True)
@@ -106,6 +118,8 @@ def main() -> int:
             out=str(out),
             task="detection",
             detector=args.detector,
+            fpn_channels=args.fpn_channels,
+            head_convs=args.head_convs,
             epochs=epochs,
             batch_size=args.batch_size,
             lr=args.lr,
@@ -132,6 +146,7 @@ def main() -> int:
         row = {
             "backbone": backbone,
             "detector": args.detector,
+            **head,
             "init_weights": args.init_weights,
             "steps": checkpoint["global_step"],
             "batch_size": args.batch_size,

@@ -190,6 +190,26 @@ def test_fit_detection_resumes_exactly(tmp_path, caplog):
         assert torch.equal(x, y), name
 
 
+def test_light_fcos_head_is_rebuilt_from_its_checkpoint(tmp_path):
+    """--fpn-channels / --head-convs travel in the checkpoint's detector spec, so eval and
+    resume rebuild the same light head; a spec written before they existed means FCOS's 4."""
+    from ghostnet.detection.models import DetectorSpec
+
+    root = write_coco(tmp_path / "coco", images=4)
+    config = dataclasses.replace(
+        _config(root, tmp_path / "run"), detector="fcos", epochs=1, fpn_channels=32, head_convs=2
+    )
+    fit_detection(config)
+    model, checkpoint = detector_from_checkpoint(tmp_path / "run" / "last.pt")
+    tower = model.head.classification_head.conv
+    assert sum(isinstance(m, torch.nn.Conv2d) for m in tower) == 2
+    assert tower[0].out_channels == 32 and model.backbone.out_channels == 32
+    assert checkpoint["detector"]["head_convs"] == 2
+    old = {k: v for k, v in checkpoint["detector"].items() if k != "head_convs"}
+    default = DetectorSpec.from_dict({**old, "fpn_channels": 32}).build()
+    assert sum(isinstance(m, torch.nn.Conv2d) for m in default.head.classification_head.conv) == 4
+
+
 def test_resume_with_more_epochs_replans_the_schedule(tmp_path):
     """--resume with a new --epochs continues on a cosine planned for the new length (not
     the old cosine run past its end, which climbs back up); another model is refused."""
@@ -325,6 +345,23 @@ def test_bad_detection_data_or_model_leaves_no_folder(tmp_path, capsys):
         "init_missing": (
             ["--model", "resnet20_cifar", "--data", str(root), "--init-weights", "nope.pt"],
             "nope.pt",
+        ),
+        "head_convs_of_retinanet": (
+            [
+                "--model",
+                "resnet20_cifar",
+                "--data",
+                str(root),
+                "--detector",
+                "retinanet",
+                "--head-convs",
+                "2",
+            ],
+            "--head-convs",
+        ),
+        "fpn_channels_not_for_groupnorm": (
+            ["--model", "resnet20_cifar", "--data", str(root), "--fpn-channels", "40"],
+            "--fpn-channels",
         ),
     }
     for name, (extra, needle) in cases.items():

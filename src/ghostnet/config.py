@@ -73,6 +73,16 @@ class TrainConfig:
         choices=("fasterrcnn", "retinanet", "fcos", "ssdlite"),
         group="task",
     )
+    fpn_channels: int = option(
+        128, "with --task detection: width of the FPN and the detector's head", low=16, group="task"
+    )
+    head_convs: int = option(
+        4,
+        "with --detector fcos: 3x3 conv layers in each head branch (FCOS's paper: 4; "
+        "2 halves the head's cost, which dominates a mobile backbone's detector)",
+        low=1,
+        group="task",
+    )
     epochs: int = option(30, "training epochs", low=1, resume="replan")
     batch_size: int = option(128, "images per step and process", low=1)
     lr: float = option(0.1, "peak learning rate", low=0, low_open=True, resume="replan")

@@ -53,6 +53,8 @@ def _spec(config: TrainConfig, num_classes: int) -> DetectorSpec:
         num_classes=num_classes,
         backbone_kwargs=dict(config.model_kwargs),
         ghostify=config.ghostify,
+        fpn_channels=config.fpn_channels,
+        head_convs=config.head_convs,
         image_size=size,
     )
 
