@@ -210,6 +210,22 @@ def test_light_fcos_head_is_rebuilt_from_its_checkpoint(tmp_path):
     assert sum(isinstance(m, torch.nn.Conv2d) for m in default.head.classification_head.conv) == 4
 
 
+def test_max_steps_at_an_epoch_end_still_scores_that_epoch(tmp_path):
+    """A step budget that ends on an epoch boundary logs that epoch's row (and, on the
+    last epoch, finishes the run with summary.json) instead of stopping just before."""
+    root = write_coco(tmp_path / "coco", images=4)  # 2 steps an epoch, 2 epochs
+    config = _config(root, tmp_path / "run")
+    first = fit_detection(config, max_steps=2)
+    assert first["status"] == "stopped"
+    rows = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(r)["epoch"] for r in rows] == [1]
+    assert not (tmp_path / "run" / "summary.json").exists()
+    second = fit_detection(config, resume=tmp_path / "run" / "last.pt", max_steps=4)
+    assert second["status"] == "finished" and (tmp_path / "run" / "summary.json").exists()
+    _, checkpoint = detector_from_checkpoint(tmp_path / "run" / "last.pt")
+    assert [row["epoch"] for row in checkpoint["history"]] == [1, 2]
+
+
 def test_resume_with_more_epochs_replans_the_schedule(tmp_path):
     """--resume with a new --epochs continues on a cosine planned for the new length (not
     the old cosine run past its end, which climbs back up); another model is refused."""

@@ -179,7 +179,9 @@ def fit_detection(
 ) -> dict[str, Any]:
     """Train a detector on the COCO-layout folder ``config.data``; writes last.pt/best.pt,
     metrics.jsonl and summary.json to ``config.out``; returns the summary. ``max_steps``
-    stops after that many optimizer steps in total (last.pt saved; resume continues)."""
+    stops after that many optimizer steps in total (last.pt saved; resume continues); a
+    stop that falls on an epoch's last step scores and logs that epoch first, and on the
+    last epoch's last step the run finishes as without it."""
     out = Path(config.out)
     torch.manual_seed(config.seed)
     device = pick_device(config.device)
@@ -262,6 +264,9 @@ def fit_detection(
             "train_s": elapsed + time.perf_counter() - started,
         }
 
+    def stop_at(step: int) -> bool:
+        return max_steps is not None and step >= max_steps
+
     started = time.perf_counter()
     first_step = global_step
     last_eval: dict[str, Any] | None = None
@@ -311,7 +316,8 @@ def fit_detection(
                 )
             if config.checkpoint_every and global_step % config.checkpoint_every == 0:
                 _save(out, ("last.pt",), state())
-            if max_steps is not None and global_step >= max_steps:
+            if stop_at(global_step) and step_in_epoch < steps_per_epoch:
+                # mid-epoch; a stop at an epoch's last step first scores and logs the epoch
                 _save(out, ("last.pt",), state())
                 return {"task": "detection", "status": "stopped", "global_step": global_step}
         last_eval = evaluate_detector(model, val_split, device, limit=config.eval_subset)
@@ -333,6 +339,8 @@ def fit_detection(
         _save(out, names, state())
         with open(out / "metrics.jsonl", "a") as f:
             f.write(json.dumps(row) + "\n")
+        if stop_at(global_step) and epoch < config.epochs:
+            return {"task": "detection", "status": "stopped", "global_step": global_step}
     skipped = train_split.skipped + val_split.skipped + train_set.bad
     summary = {
         "task": "detection",
