@@ -18,6 +18,7 @@ import argparse
 import json
 import logging
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from ghostnet.config import TrainConfig
 from ghostnet.detection import DenseCore
 from ghostnet.detection.data import open_split
 from ghostnet.detection.train import detector_from_checkpoint, evaluate_detector, fit_detection
+from ghostnet.errors import GhostnetError
 
 BACKBONES = ("ghostnet_100", "torchvision:mobilenet_v3_large")
 
@@ -167,4 +169,8 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    try:
+        raise SystemExit(main())
+    except GhostnetError as exc:  # bad data, model or head options: one line, as the CLI
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
