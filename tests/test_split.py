@@ -35,10 +35,18 @@ def _convs(gm):
     return [m for m in gm.modules() if isinstance(m, nn.Conv2d)]
 
 
-def test_padding_makes_every_ghostnet_conv_a_block_multiple():
-    """GhostNet's halves (8, 12, 20, 36... channels) all become multiples of 16, the only
-    ops added are the first block's shortcut slices, and real outputs do not change."""
-    model = _randomise_bn(ghostnet.create_model("ghostnet_100"), (3, 64, 64))
+@pytest.mark.parametrize(
+    ("name", "stem_parts"),
+    # 1.0x: the first Ghost modules (8 + 8 maps) fit one 16-channel block and are merged,
+    # so the stem is one 16-row conv. 1.3x: their halves (10 + 10) are padded parts, and
+    # the stem, which feeds the first residual add too, is computed once as the two padded
+    # row parts that add needs (27 weights per output) rather than sliced and padded.
+    [("ghostnet_100", [16]), ("ghostnet_130", [16, 16])],
+)
+def test_padding_makes_every_ghostnet_conv_a_block_multiple(name, stem_parts):
+    """GhostNet's halves (8, 12, 20, 36... channels) all become multiples of 16, no concat,
+    pad or slice is left, and real outputs do not change."""
+    model = _randomise_bn(ghostnet.create_model(name), (3, 64, 64))
     plain = split_concats(fuse(model), (3, 64, 64))
     padded = split_concats(fuse(model), (3, 64, 64), pad_to=16)
     assert any(c.out_channels % 16 for c in _convs(plain))
@@ -46,15 +54,34 @@ def test_padding_makes_every_ghostnet_conv_a_block_multiple():
     assert odd == []
     reading_rgb = [c for c in _convs(padded) if c.in_channels == 3]  # the stem (and its rows)
     assert all(c.in_channels % 16 == 0 for c in _convs(padded) if c.in_channels != 3)
-    # computed once, as the two padded row parts the first residual add needs (8 -> 16 each)
-    assert [c.out_channels for c in reading_rgb] == [16, 16]
-    # the RGB stem feeds the first residual add too: it is emitted split into padded rows
-    # (27 weights per output) rather than sliced and padded
+    assert [c.out_channels for c in reading_rgb] == stem_parts
     assert _count(padded, torch.cat) == 0 and _count(padded, F.pad) == 0
     assert _count(padded, operator.getitem) == 0
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         assert torch.allclose(padded(x), model(x), atol=1e-4)
+
+
+@pytest.mark.parametrize("relu", [True, False])
+def test_a_ghost_module_that_fits_one_block_is_computed_as_one_tensor(relu):
+    """8 + 8 maps with blocks of 16: one conv of 16 rows (the primary filters twice) and one
+    depthwise conv (identity taps, then the cheap filters), no concat; 12 + 12 maps would
+    need 32 primary rows instead of 16 and stay two padded parts."""
+    for channels, merged in ((16, True), (24, False)):
+        module = _randomise_bn(
+            ghostnet.layers.GhostModule(16, channels, kernel_size=1, ratio=2, relu=relu),
+            (16, 12, 12),
+        )
+        out = split_concats(fuse(module), (16, 12, 12), pad_to=16)
+        names = [name for name, _ in out.named_children()]
+        assert any(n.startswith("merged_ghost") for n in names) == merged
+        if merged:
+            convs = _convs(out)
+            assert [(c.out_channels, c.groups) for c in convs] == [(16, 1), (16, 16)]
+            assert _count(out, torch.cat) == 0
+        x = torch.randn(3, 16, 12, 12)
+        with torch.no_grad():
+            assert torch.allclose(out(x), module(x), atol=1e-5)
 
 
 def test_padding_keeps_real_channels_apart_from_padding():

@@ -614,18 +614,115 @@ def _pad_cols(weight: torch.Tensor, cols: int) -> torch.Tensor:
     return torch.cat([weight.detach(), zeros], 1)
 
 
+def _merge_small_ghost_modules(gm: torch.fx.GraphModule, block: int) -> int:
+    """Compute each Ghost module whose ``2m`` maps fit in the ``m`` intrinsic maps' padded
+    block as one tensor: ``cat([a, act(dw(a))])`` with ``a = act(conv(x))`` becomes
+    ``act(dw2(act(conv2(x))))``, where ``conv2`` repeats the primary filters for the ghost
+    rows and ``dw2`` is the identity on the first ``m`` maps and the cheap filters on the
+    rest. Returns how many were merged.
+
+    Kept apart and padded, GhostNet-1.0x's first module (8 + 8 maps at 112x112) is two
+    16-channel parts of 8 real maps: the primary conv and the cheap op already compute 16
+    rows each, and every consumer reads 32 channels, half of them zeros (the stem is even
+    computed twice, as parts, for the residual add). Merged, the same two convs produce the
+    16 real maps as one block. Only where ``pad(2m) == pad(m)``: wider modules would pay
+    for the repeated primary rows. Exact: the identity taps copy, and an activation applied
+    twice (ReLU of a ReLU output) changes nothing."""
+    from .kernels.fused_cheap import _activation, _depthwise
+
+    modules = dict(gm.named_modules())
+    merged = 0
+    for node in list(gm.graph.nodes):
+        if node.op != "call_function" or node.target is not torch.cat:
+            continue
+        tensors = node.args[0] if node.args else node.kwargs.get("tensors")
+        dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+        if dim != 1 or not isinstance(tensors, (list, tuple)) or len(tensors) != 2:
+            continue
+        intrinsic, ghost = tensors
+        if not isinstance(intrinsic, torch.fx.Node) or not isinstance(ghost, torch.fx.Node):
+            continue
+        primary_node, relu = _activation(intrinsic, modules)
+        cheap_node, cheap_relu = _activation(ghost, modules)
+        if relu != cheap_relu or {primary_node.op, cheap_node.op} != {"call_module"}:
+            continue
+        primary, cheap = modules[primary_node.target], modules[cheap_node.target]
+        if type(primary) is not nn.Conv2d or primary.groups != 1 or primary.padding_mode != "zeros":
+            continue
+        m = primary.out_channels
+        if not _depthwise(cheap, m) or cheap_node.args != (intrinsic,):
+            continue
+        if len(primary_node.args) != 1 or primary_node.kwargs:
+            continue
+        if set(intrinsic.users) != {cheap_node, node} or len(ghost.users) != 1:
+            continue
+        if len(cheap_node.users) != 1 or (
+            intrinsic is not primary_node and len(primary_node.users) != 1
+        ):
+            continue
+        if -(-2 * m // block) != -(-m // block):
+            continue
+        k = cheap.kernel_size[0]
+        both = nn.Conv2d(
+            primary.in_channels,
+            2 * m,
+            primary.kernel_size,
+            primary.stride,
+            primary.padding,
+            primary.dilation,
+            bias=True,
+        )
+        weight = primary.weight.detach()
+        bias = primary.bias.detach() if primary.bias is not None else weight.new_zeros(m)
+        both.weight.data = torch.cat([weight, weight])
+        both.bias.data = torch.cat([bias, bias])
+        taps = nn.Conv2d(2 * m, 2 * m, k, 1, k // 2, groups=2 * m, bias=True)
+        identity = cheap.weight.new_zeros(m, 1, k, k)
+        identity[:, :, k // 2, k // 2] = 1
+        cheap_bias = cheap.bias.detach() if cheap.bias is not None else identity.new_zeros(m)
+        taps.weight.data = torch.cat([identity, cheap.weight.detach()])
+        taps.bias.data = torch.cat([identity.new_zeros(m), cheap_bias])
+        index = merged
+        while hasattr(gm, f"merged_ghost_{index}_primary") or hasattr(
+            gm, f"merged_ghost_{index}_cheap"
+        ):
+            index += 1
+        names = [f"merged_ghost_{index}_primary", f"merged_ghost_{index}_cheap"]
+        gm.add_submodule(names[0], both.to(weight.device))
+        gm.add_submodule(names[1], taps.to(weight.device))
+        with gm.graph.inserting_before(node):
+            out = gm.graph.call_module(names[0], (primary_node.args[0],))
+            if relu:
+                out = gm.graph.call_function(F.relu, (out,))
+            out = gm.graph.call_module(names[1], (out,))
+            if relu:
+                out = gm.graph.call_function(F.relu, (out,))
+        node.replace_all_uses_with(out)
+        for dead in dict.fromkeys((node, ghost, cheap_node, intrinsic, primary_node)):
+            gm.graph.erase_node(dead)  # users first
+        merged += 1
+    if merged:
+        gm.graph.lint()
+        gm.delete_all_unused_submodules()
+        gm.recompile()
+    return merged
+
+
 def split_concats(
     model: nn.Module, input_size: Sequence[int], pad_to: int = 0
 ) -> torch.fx.GraphModule:
     """Rewrite ``model`` (eval mode, e.g. the output of :func:`ghostnet.deploy.fuse`) so the
     halves of channel concatenations stay apart wherever their consumers allow; with
     ``pad_to=B`` every part and dense conv output is also padded to a multiple of B
-    channels (zero weights: outputs unchanged)."""
+    channels (zero weights: outputs unchanged), and a Ghost module small enough to fit in
+    one block is computed as one tensor (:func:`_merge_small_ghost_modules`)."""
     if pad_to < 0:
         raise ValueError(f"pad_to must be >= 0, got {pad_to}")
 
     def traced() -> torch.fx.GraphModule:
         gm = torch.fx.symbolic_trace(model.eval())
+        if pad_to > 1:
+            _merge_small_ghost_modules(gm, pad_to)
         ShapeProp(gm).propagate(torch.zeros(1, *input_size))
         return gm
 
