@@ -628,20 +628,11 @@ def _merge_small_ghost_modules(gm: torch.fx.GraphModule, block: int) -> int:
     16 real maps as one block. Only where ``pad(2m) == pad(m)``: wider modules would pay
     for the repeated primary rows. Exact: the identity taps copy, and an activation applied
     twice (ReLU of a ReLU output) changes nothing."""
-    from .kernels.fused_cheap import _activation, _depthwise
+    from .kernels.fused_cheap import _activation, _depthwise, channel_concats_of_two
 
     modules = dict(gm.named_modules())
     merged = 0
-    for node in list(gm.graph.nodes):
-        if node.op != "call_function" or node.target is not torch.cat:
-            continue
-        tensors = node.args[0] if node.args else node.kwargs.get("tensors")
-        dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
-        if dim != 1 or not isinstance(tensors, (list, tuple)) or len(tensors) != 2:
-            continue
-        intrinsic, ghost = tensors
-        if not isinstance(intrinsic, torch.fx.Node) or not isinstance(ghost, torch.fx.Node):
-            continue
+    for node, intrinsic, ghost in channel_concats_of_two(gm.graph):
         primary_node, relu = _activation(intrinsic, modules)
         cheap_node, cheap_relu = _activation(ghost, modules)
         if relu != cheap_relu or {primary_node.op, cheap_node.op} != {"call_module"}:

@@ -23,6 +23,7 @@ import hashlib
 import operator
 import os
 import time
+from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -307,21 +308,29 @@ def fuse_cheap_ops(model: nn.Module) -> nn.Module:
     return out
 
 
-def _fuse_graph_cheap_ops(gm: torch.fx.GraphModule) -> None:
-    from ..split import _in_place
-
-    modules = dict(gm.named_modules())
-    count = 0
-    for node in list(gm.graph.nodes):
+def channel_concats_of_two(
+    graph: torch.fx.Graph,
+) -> Iterator[tuple[torch.fx.Node, torch.fx.Node, torch.fx.Node]]:
+    """(cat, first, second) for each ``torch.cat([first, second], 1)`` of two graph values,
+    read as the walk reaches it (the caller may rewrite the graph between items)."""
+    for node in list(graph.nodes):
         if node.op != "call_function" or node.target is not torch.cat:
             continue
         tensors = node.args[0] if node.args else node.kwargs.get("tensors")
         dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
         if dim != 1 or not isinstance(tensors, (list, tuple)) or len(tensors) != 2:
             continue
-        intrinsic, ghost = tensors
-        if not isinstance(intrinsic, torch.fx.Node) or not isinstance(ghost, torch.fx.Node):
-            continue
+        first, second = tensors
+        if isinstance(first, torch.fx.Node) and isinstance(second, torch.fx.Node):
+            yield node, first, second
+
+
+def _fuse_graph_cheap_ops(gm: torch.fx.GraphModule) -> None:
+    from ..split import _in_place
+
+    modules = dict(gm.named_modules())
+    count = 0
+    for node, intrinsic, ghost in channel_concats_of_two(gm.graph):
         conv_node, relu = _activation(ghost, modules)
         conv = modules.get(conv_node.target) if conv_node.op == "call_module" else None
         if conv is None or conv_node.args != (intrinsic,) or len(conv_node.users) != 1:
