@@ -32,6 +32,17 @@ run on its own so that several distillation settings share one inherit.
     OMP_NUM_THREADS=1 python distill_features_r20.py --out b32flip_d5 --features 'layer?.?' \
         --batch 32 --flip-only --dw-size 5 --init runs/compress/r20_inherit_d5/inherited.pt
 
+Session 10 (original retrained: 84.93; ``--init`` the inherited.pt of the
+``r20_c3_flip_b16`` compress run, refine 300, start 71.31), the baseline and RepVGG-style
+training branches (``--reparam``: a BN'd 1x1 branch beside each 3x3 primary conv, BN'd 1x1
+and 3x3 depthwise branches beside each cheap op, all foldable, BN weights starting at 0):
+
+    OMP_NUM_THREADS=1 python distill_features_r20.py --out s10_b32flip --features 'layer?.?' \
+        --batch 32 --flip-only --init runs/compress/r20_c3_flip_b16/inherited.pt
+    OMP_NUM_THREADS=1 python distill_features_r20.py --out s10_b32flip_reparam \
+        --features 'layer?.?' --batch 32 --flip-only --reparam \
+        --init runs/compress/r20_c3_flip_b16/inherited.pt
+
 ``runs/compress/r20_inherit_d5``: ``ghostnet compress --checkpoint runs/resnet20/best.pt
 --dw-size 5 --refine-steps 300 --epochs 0`` (0-epoch top-1 72.21).
 (``--anneal-steps``: 1563 steps = 1 epoch at batch 32; the summaries of these two runs do
@@ -70,7 +81,59 @@ parser.add_argument(
     default=0,
     help="hand each layer over from the original conv to its Ghost layer over this many steps",
 )
+parser.add_argument(
+    "--reparam",
+    action="store_true",
+    help="train each Ghost layer with extra BN'd branches that fold away (RepVGG-style)",
+)
 args = parser.parse_args()
+if args.reparam:  # an experiment: over-parameterised training form, same deploy model
+    import torch
+    from torch import nn
+
+    from ghostnet.layers import GhostConv2d
+
+    class Branches(nn.Module):
+        """conv(x) + sum of BN(branch(x)): branches of the same stride and groups whose
+        kernels fit inside conv's, so in eval mode (BN affine) the sum folds exactly into
+        one conv of conv's shape. Each branch BN starts with weight 0: the sum starts
+        equal to conv(x)."""
+
+        def __init__(self, conv: nn.Conv2d, kernels: list[int]) -> None:
+            super().__init__()
+            self.conv = conv
+            self.branches = nn.ModuleList()
+            for k in kernels:
+                branch = nn.Conv2d(
+                    conv.in_channels,
+                    conv.out_channels,
+                    k,
+                    conv.stride,
+                    k // 2,
+                    groups=conv.groups,
+                    bias=False,
+                )
+                bn = nn.BatchNorm2d(conv.out_channels)
+                nn.init.zeros_(bn.weight)
+                self.branches.append(nn.Sequential(branch, bn))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.conv(x) + sum(b(x) for b in self.branches)
+
+    real_build = engine.build_model
+
+    def build_reparam_model(config, classes, preset):
+        model, spec, counts = real_build(config, classes, preset)
+        for module in model.modules():
+            if isinstance(module, GhostConv2d):
+                k = module.primary_conv.kernel_size[0]
+                if k == 3:  # a 1x1 branch beside each 3x3 primary conv
+                    module.primary_conv = Branches(module.primary_conv, [1])
+                cheap = module.cheap_operation
+                module.cheap_operation = Branches(cheap, [1, cheap.kernel_size[0]])
+        return model, spec, counts
+
+    engine.build_model = build_reparam_model
 if args.anneal_steps:  # an experiment: each Ghost layer blended with its (frozen) original
     import torch
     from torch import nn
