@@ -679,8 +679,8 @@ def _merge_small_ghost_modules(gm: torch.fx.GraphModule, block: int) -> int:
         ):
             index += 1
         names = [f"merged_ghost_{index}_primary", f"merged_ghost_{index}_cheap"]
-        gm.add_submodule(names[0], both.to(weight.device))
-        gm.add_submodule(names[1], taps.to(weight.device))
+        gm.add_submodule(names[0], both)
+        gm.add_submodule(names[1], taps)
         with gm.graph.inserting_before(node):
             out = gm.graph.call_module(names[0], (primary_node.args[0],))
             if relu:
