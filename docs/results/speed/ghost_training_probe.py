@@ -10,9 +10,12 @@ Ghost layer adds back. The memory-bound rest of a training step (BN, ReLU, resid
 their backward) is the same in both networks and dilutes whatever the convs save.
 
     python docs/results/speed/ghost_training_probe.py
+    python docs/results/speed/ghost_training_probe.py --nchw    # the same in NCHW (session 11)
 """
 
+import argparse
 import statistics
+import sys
 import time
 
 import torch
@@ -24,7 +27,8 @@ torch.set_num_threads(1)
 torch.manual_seed(0)
 BATCH, REPEATS = 128, 15
 STAGES = [(16, 32), (32, 16), (64, 8)]
-CL = torch.channels_last
+# the memory format of every tensor: channels_last, or NCHW with --nchw
+CL = torch.contiguous_format if "--nchw" in sys.argv else torch.channels_last
 
 
 def conv_step(channels: int, outputs: int, size: int):
@@ -51,6 +55,9 @@ def cheap_step(half: int, size: int):
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--nchw", action="store_true", help="NCHW tensors, not channels_last")
+    parser.parse_args()
     steps = {}
     for channels, size in STAGES:
         steps[(channels, "plain")] = conv_step(channels, channels, size)
@@ -67,7 +74,9 @@ def main() -> None:
     info = machine_info()
     print(
         f"CPU: {info['processor']}, {info['logical_cpus']} CPUs; flags: {' '.join(cpu_flags())}; "
-        f"torch {torch.__version__}; 1 thread; batch {BATCH}; forward + backward, medians of "
+        f"torch {torch.__version__}; 1 thread; batch {BATCH}; "
+        f"{'NCHW' if CL is torch.contiguous_format else 'channels_last'}; "
+        "forward + backward, medians of "
         f"{REPEATS} interleaved repeats"
     )
     print(
