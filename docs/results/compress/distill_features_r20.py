@@ -43,6 +43,24 @@ and 3x3 depthwise branches beside each cheap op, all foldable, BN weights starti
         --features 'layer?.?' --batch 32 --flip-only --reparam \
         --init runs/compress/r20_c3_flip_b16/inherited.pt
 
+Session 11, the same start (raw ``s11_*``): the two settings above with ``--seed 1``
+(run-to-run noise), AdamW, KD temperature 2 and GhostNetV3-like branch counts:
+
+    OMP_NUM_THREADS=1 python distill_features_r20.py --out s11_b32flip_seed1 \
+        --features 'layer?.?' --batch 32 --flip-only --seed 1 --init INIT
+    OMP_NUM_THREADS=1 python distill_features_r20.py --out s11_b32flip_reparam_seed1 \
+        --features 'layer?.?' --batch 32 --flip-only --reparam --seed 1 --init INIT
+    OMP_NUM_THREADS=1 python distill_features_r20.py --out s11_b32flip_adamw_lr1e3 \
+        --features 'layer?.?' --batch 32 --flip-only --opt adamw --lr 1e-3 --init INIT
+    OMP_NUM_THREADS=1 python distill_features_r20.py --out s11_b32flip_adamw_lr3e4 \
+        --features 'layer?.?' --batch 32 --flip-only --opt adamw --lr 3e-4 --init INIT
+    OMP_NUM_THREADS=1 python distill_features_r20.py --out s11_b32flip_reparam_t2 \
+        --features 'layer?.?' --batch 32 --flip-only --reparam --kd-temperature 2 --init INIT
+    OMP_NUM_THREADS=1 python distill_features_r20.py --out s11_b32flip_reparam3 \
+        --features 'layer?.?' --batch 32 --flip-only --reparam --reparam-3x3 2 --init INIT
+
+(INIT = runs/compress/r20_c3_flip_b16/inherited.pt.)
+
 ``runs/compress/r20_inherit_d5``: ``ghostnet compress --checkpoint runs/resnet20/best.pt
 --dw-size 5 --refine-steps 300 --epochs 0`` (0-epoch top-1 72.21).
 (``--anneal-steps``: 1563 steps = 1 epoch at batch 32; the summaries of these two runs do
@@ -69,6 +87,10 @@ parser.add_argument("--features", default=None, help="--kd-features patterns")
 parser.add_argument("--weight", type=float, default=1.0, help="--kd-feature-weight")
 parser.add_argument("--batch", type=int, default=128)
 parser.add_argument("--epochs", type=int, default=3)
+parser.add_argument("--kd-temperature", type=float, default=4.0, help="the trainer's KD T")
+parser.add_argument("--seed", type=int, default=0, help="the trainer's --seed")
+parser.add_argument("--opt", default="sgd", choices=("sgd", "adamw"), help="the trainer's --opt")
+parser.add_argument("--weight-decay", type=float, default=5e-4, help="the trainer's --weight-decay")
 parser.add_argument("--dw-size", type=int, default=3, help="the --init model's cheap-op d")
 parser.add_argument("--ema", type=float, default=0.0, help="EMA decay per step (0 = off)")
 parser.add_argument(
@@ -85,6 +107,13 @@ parser.add_argument(
     "--reparam",
     action="store_true",
     help="train each Ghost layer with extra BN'd branches that fold away (RepVGG-style)",
+)
+parser.add_argument(
+    "--reparam-3x3",
+    type=int,
+    default=0,
+    help="with --reparam: this many extra BN'd 3x3 branches beside each primary conv and "
+    "each cheap op (GhostNetV3 keeps 3)",
 )
 args = parser.parse_args()
 if args.reparam:  # an experiment: over-parameterised training form, same deploy model
@@ -127,10 +156,11 @@ if args.reparam:  # an experiment: over-parameterised training form, same deploy
         for module in model.modules():
             if isinstance(module, GhostConv2d):
                 k = module.primary_conv.kernel_size[0]
+                extra = [3] * args.reparam_3x3
                 if k == 3:  # a 1x1 branch beside each 3x3 primary conv
-                    module.primary_conv = Branches(module.primary_conv, [1])
+                    module.primary_conv = Branches(module.primary_conv, [1, *extra])
                 cheap = module.cheap_operation
-                module.cheap_operation = Branches(cheap, [1, cheap.kernel_size[0]])
+                module.cheap_operation = Branches(cheap, [1, cheap.kernel_size[0], *extra])
         return model, spec, counts
 
     engine.build_model = build_reparam_model
@@ -191,12 +221,15 @@ config = config_from(
     out=args.out,
     epochs=args.epochs,
     lr=args.lr,
+    opt=args.opt,
+    seed=args.seed,
+    weight_decay=args.weight_decay,
     warmup_epochs=0.0,  # as compress: the start is trained
     ema=args.ema,
     teacher=args.teacher,
     init_weights=args.init,
     kd_alpha=0.5,
-    kd_temperature=4.0,
+    kd_temperature=args.kd_temperature,
     batch_size=args.batch,
     # the trainer's --augment (these flags predate it; same transforms)
     augment="none" if args.no_augment else "flip" if args.flip_only else "crop-flip",
