@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.optim.swa_utils import update_bn
 
 from .checkpoint import FORMAT, atomic_save, model_from_checkpoint
 from .config import config_from
@@ -154,26 +155,17 @@ def calibration_images(train_split: Any, preset: Preset, count: int, seed: int) 
     return torch.stack(good)
 
 
-@torch.no_grad()
 def reestimate_bn(model: nn.Module, images: torch.Tensor, batch_size: int = 128) -> int:
-    """Re-estimate every BatchNorm's running statistics on ``images``: forward passes in
-    training mode with a cumulative average, no gradient step. An inherited layer's ghost
-    maps are fits, so their mean and variance drift from what the next BN stored; this
-    measures them again. Returns the number of BN layers."""
+    """Re-estimate every BatchNorm's running statistics on ``images`` with torch's
+    ``swa_utils.update_bn`` (training-mode forwards, a cumulative average, no gradient
+    step). An inherited layer's ghost maps are fits, so their mean and variance drift from
+    what the next BN stored; this measures them again. Leaves the model in eval mode;
+    returns the number of BN layers."""
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    momenta = [m.momentum for m in norms]
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative average: every batch weighs the same
     device = next(model.parameters()).device
-    model.train()
-    try:
-        for start in range(0, len(images), batch_size):
-            model(images[start : start + batch_size].to(device))
-    finally:
-        for m, momentum in zip(norms, momenta):
-            m.momentum = momentum
-        model.eval()
+    with torch.no_grad():
+        update_bn(images.split(batch_size), model, device=device)
+    model.eval()
     return len(norms)
 
 

@@ -33,7 +33,6 @@ is harmless and is applied to parts out of place.
 from __future__ import annotations
 
 import copy
-import inspect
 import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -43,6 +42,14 @@ import torch.fx
 import torch.nn.functional as F
 from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
+
+from .fxgraph import (
+    activation_input,
+    call_arguments,
+    channel_concats_of_two,
+    is_depthwise,
+    writes_in_place,
+)
 
 ELEMENTWISE_MODULES = (
     nn.ReLU,
@@ -66,23 +73,6 @@ ELEMENTWISE_FUNCTIONS = {
     F.dropout,
 }
 BINARY_FUNCTIONS = {operator.add, operator.mul, torch.add, torch.mul}
-# in-place operators as FX records them (``x[i] = v`` is operator.setitem)
-INPLACE_OPERATORS = {
-    operator.iadd,
-    operator.isub,
-    operator.imul,
-    operator.itruediv,
-    operator.ifloordiv,
-    operator.imod,
-    operator.ipow,
-    operator.imatmul,
-    operator.iand,
-    operator.ior,
-    operator.ixor,
-    operator.ilshift,
-    operator.irshift,
-    operator.setitem,
-}
 # a conv with at most this many weights per output channel is cheap to compute twice
 CHEAP_FAN_IN = 32
 
@@ -121,33 +111,10 @@ def _rank(node: object) -> int | None:
     return len(shape) if shape is not None else None
 
 
-def _arguments(node: torch.fx.Node) -> dict[str, object] | None:
-    """A Python function's arguments by parameter name (None for builtins)."""
-    try:
-        return dict(inspect.signature(node.target).bind(*node.args, **node.kwargs).arguments)
-    except (TypeError, ValueError):
-        return None
-
-
-def _in_place(node: torch.fx.Node, modules: dict[str, nn.Module]) -> bool:
-    """``node`` may modify one of its inputs in place (``inplace=True``, ``relu_``,
-    ``x[i] = v``, ``out=``)."""
-    if node.op == "call_module":
-        return bool(getattr(modules.get(node.target), "inplace", False))
-    if node.op not in ("call_function", "call_method"):
-        return False
-    name = node.target if node.op == "call_method" else getattr(node.target, "__name__", "")
-    if isinstance(name, str) and name.endswith("_") and not name.endswith("__"):
-        return True
-    if "out" in node.kwargs or node.target in INPLACE_OPERATORS:
-        return True
-    return node.op == "call_function" and bool((_arguments(node) or {}).get("inplace"))
-
-
 def _fresh(node: torch.fx.Node, modules: dict[str, nn.Module]) -> bool:
     """``node``'s eager result is a new tensor, never a view of an input (False if unsure:
     Identity and eval-mode dropout return their input)."""
-    if _in_place(node, modules):
+    if writes_in_place(node, modules):
         return False
     if node.op == "call_module":
         module = modules.get(node.target)
@@ -183,7 +150,7 @@ def _mutated(graph: torch.fx.Graph, modules: dict[str, nn.Module]) -> set[torch.
         if not _fresh(node, modules):  # may be a view of any of its inputs: one storage
             for arg in node.all_input_nodes:
                 parent[find(arg)] = find(node)
-        if _in_place(node, modules):
+        if writes_in_place(node, modules):
             inputs = node.all_input_nodes
             lone = len(inputs) == 1 and len(inputs[0].users) == 1 and _fresh(inputs[0], modules)
             if not lone:
@@ -558,7 +525,7 @@ class _Rewriter:
                 )
             return None
         if node.op == "call_function" and node.target in ELEMENTWISE_FUNCTIONS:
-            arguments = _arguments(node)
+            arguments = call_arguments(node)
             if arguments and arguments.get("inplace"):  # on parts out of place (see above)
                 rest = ()
                 kwargs = {k: self.plain(v) for k, v in list(arguments.items())[1:]}
@@ -586,7 +553,7 @@ class _Rewriter:
                 self.env[node] = result if result is not None else self.copy(node)
             else:
                 self.env[node] = self.copy(node)
-            if node in self.mutated and _in_place(node, self.modules):
+            if node in self.mutated and writes_in_place(node, self.modules):
                 writes.add(self.env[node])  # its result may be unused; its change is not
         out = torch.fx.GraphModule(self.gm, self.graph, class_name=type(self.gm).__name__)
         _remove_dead_code(out.graph, keep=writes)
@@ -628,20 +595,18 @@ def _merge_small_ghost_modules(gm: torch.fx.GraphModule, block: int) -> int:
     16 real maps as one block. Only where ``pad(2m) == pad(m)``: wider modules would pay
     for the repeated primary rows. Exact: the identity taps copy, and an activation applied
     twice (ReLU of a ReLU output) changes nothing."""
-    from .kernels.fused_cheap import _activation, _depthwise, channel_concats_of_two
-
     modules = dict(gm.named_modules())
     merged = 0
     for node, intrinsic, ghost in channel_concats_of_two(gm.graph):
-        primary_node, relu = _activation(intrinsic, modules)
-        cheap_node, cheap_relu = _activation(ghost, modules)
+        primary_node, relu = activation_input(intrinsic, modules)
+        cheap_node, cheap_relu = activation_input(ghost, modules)
         if relu != cheap_relu or {primary_node.op, cheap_node.op} != {"call_module"}:
             continue
         primary, cheap = modules[primary_node.target], modules[cheap_node.target]
         if type(primary) is not nn.Conv2d or primary.groups != 1 or primary.padding_mode != "zeros":
             continue
         m = primary.out_channels
-        if not _depthwise(cheap, m) or cheap_node.args != (intrinsic,):
+        if not is_depthwise(cheap, m) or cheap_node.args != (intrinsic,):
             continue
         if len(primary_node.args) != 1 or primary_node.kwargs:
             continue

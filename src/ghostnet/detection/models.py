@@ -24,7 +24,7 @@ from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP6P7
 
 from ..errors import GhostnetError
-from ..models.features import create_features
+from ..models.registry import create_features
 
 KINDS = ("fasterrcnn", "retinanet", "fcos", "ssdlite")
 IMAGENET_MEAN = [0.485, 0.456, 0.406]

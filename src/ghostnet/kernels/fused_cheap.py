@@ -23,7 +23,6 @@ import hashlib
 import operator
 import os
 import time
-from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -33,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import GhostnetError
+from ..fxgraph import activation_input, channel_concats_of_two, is_depthwise, writes_in_place
 
 SOURCE = Path(__file__).with_name("cheap_cat.cpp")
 
@@ -219,34 +219,6 @@ class GhostConvKernel(nn.Module):
         return out if self.output_order is None else out.index_select(1, self.output_order)
 
 
-def _activation(node: torch.fx.Node, modules: dict[str, nn.Module]) -> tuple[torch.fx.Node, bool]:
-    """(the node under an optional ReLU/Identity, whether it was a ReLU)."""
-    if node.op == "call_module":
-        module = modules.get(node.target)
-        if type(module) in (nn.ReLU, nn.Identity) and len(node.args) == 1 and not node.kwargs:
-            return node.args[0], isinstance(module, nn.ReLU)
-    if node.op == "call_function" and node.target in (F.relu, torch.relu) and len(node.args) == 1:
-        return node.args[0], True
-    return node, False
-
-
-def _depthwise(conv: nn.Module | None, channels: int) -> bool:
-    """A stride-1, same-size, one-filter-per-map conv over ``channels`` maps."""
-    if type(conv) is not nn.Conv2d:
-        return False
-    k = conv.kernel_size[0]
-    return (
-        conv.groups == conv.in_channels == conv.out_channels == channels
-        and conv.kernel_size == (k, k)
-        and k % 2 == 1
-        and conv.stride == (1, 1)
-        and conv.dilation == (1, 1)
-        and conv.padding == (k // 2, k // 2)
-        and conv.padding_mode == "zeros"
-        and conv.weight.dtype == torch.float32
-    )
-
-
 def _kept_channels(node: torch.fx.Node, total: int) -> tuple[torch.fx.Node, int]:
     """A cat whose one user is ``[:, :n]`` -> (that slice, n); else (the cat, all)."""
     if len(node.users) != 1:
@@ -282,7 +254,7 @@ def _kernel_ready(module: nn.Module) -> bool:
     return (
         module._first_maps
         and cheap.in_channels <= m
-        and _depthwise(cheap, cheap.in_channels)
+        and is_depthwise(cheap, cheap.in_channels)
         and (module.affine is None or module.affine.out_channels == m)
     )
 
@@ -308,39 +280,21 @@ def fuse_cheap_ops(model: nn.Module) -> nn.Module:
     return out
 
 
-def channel_concats_of_two(
-    graph: torch.fx.Graph,
-) -> Iterator[tuple[torch.fx.Node, torch.fx.Node, torch.fx.Node]]:
-    """(cat, first, second) for each ``torch.cat([first, second], 1)`` of two graph values,
-    read as the walk reaches it (the caller may rewrite the graph between items)."""
-    for node in list(graph.nodes):
-        if node.op != "call_function" or node.target is not torch.cat:
-            continue
-        tensors = node.args[0] if node.args else node.kwargs.get("tensors")
-        dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
-        if dim != 1 or not isinstance(tensors, (list, tuple)) or len(tensors) != 2:
-            continue
-        first, second = tensors
-        if isinstance(first, torch.fx.Node) and isinstance(second, torch.fx.Node):
-            yield node, first, second
-
-
 def _fuse_graph_cheap_ops(gm: torch.fx.GraphModule) -> None:
-    from ..split import _in_place
-
     modules = dict(gm.named_modules())
     count = 0
     for node, intrinsic, ghost in channel_concats_of_two(gm.graph):
-        conv_node, relu = _activation(ghost, modules)
+        conv_node, relu = activation_input(ghost, modules)
         conv = modules.get(conv_node.target) if conv_node.op == "call_module" else None
         if conv is None or conv_node.args != (intrinsic,) or len(conv_node.users) != 1:
             continue
         if ghost is not conv_node and len(ghost.users) != 1:
             continue
-        if any(_in_place(user, modules) for user in intrinsic.users):  # changed after the read
+        # an in-place user would change the intrinsic maps after the cheap op reads them
+        if any(writes_in_place(user, modules) for user in intrinsic.users):
             continue
         m = conv.in_channels if isinstance(conv, nn.Conv2d) else 0
-        if not _depthwise(conv, m):
+        if not is_depthwise(conv, m):
             continue
         target, kept = _kept_channels(node, 2 * m)
         if kept <= m:  # no ghost is kept: nothing for the kernel to do

@@ -393,7 +393,7 @@ def _check_shapes(model: FeatureModel, in_chans: int) -> None:
             )
 
 
-def _timm_features(
+def timm_features(
     name: str,
     pretrained: bool | str | os.PathLike,
     out_indices: Sequence[int] | None,
@@ -434,32 +434,3 @@ def _timm_features(
         state = load_state_dict_file(pretrained)
         model.load_state_dict(state, strict=False)
     return model
-
-
-def create_features(
-    name: str,
-    pretrained: bool | str | os.PathLike = False,
-    out_indices: Sequence[int] | None = None,
-    output_stride: int = 32,
-    ghostify: dict[str, Any] | None = None,
-    ema: bool | None = None,
-    **kwargs: Any,
-) -> nn.Module:
-    """``create_model(name, features_only=True, ...)``: the classifier ``name`` (weights
-    loaded first, then ghostified if asked) as a feature model. ``timm:NAME`` uses timm's
-    ``features_only`` (its own levels and output strides)."""
-    from ..convert import ghostify as ghostify_model
-    from .registry import create_model
-
-    if output_stride not in OUTPUT_STRIDES:
-        raise GhostnetError(f"output_stride must be 8, 16 or 32, got {output_stride}")
-    if name.startswith("timm:"):
-        model = _timm_features(name, pretrained, out_indices, output_stride, kwargs)
-        if ghostify is not None:
-            model = ghostify_model(model, inplace=True, **ghostify)
-        return model
-    model = create_model(name, pretrained=pretrained, ema=ema, **kwargs)
-    if ghostify is not None:
-        model = ghostify_model(model, inplace=True, **ghostify)
-    in_chans = int(kwargs.get("in_chans", 3))
-    return features_from_model(model, out_indices, output_stride, in_chans)

@@ -9,7 +9,7 @@ import difflib
 import fnmatch
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -18,6 +18,7 @@ from torch import nn
 from ..convert import ghostify as ghostify_model
 from ..errors import GhostnetError
 from ..weights import fetch_pretrained, load_into, load_state_dict_file
+from .features import OUTPUT_STRIDES, features_from_model, timm_features
 
 log = logging.getLogger("ghostnet")
 
@@ -154,8 +155,6 @@ def create_model(
     returns the feature-map backbone instead (see ``ghostnet.models.features``).
     """
     if kwargs.pop("features_only", False):
-        from .features import create_features
-
         return create_features(name, pretrained=pretrained, ema=ema, **kwargs)
     for key in ("out_indices", "output_stride"):
         if key in kwargs:
@@ -194,6 +193,32 @@ def create_model(
         )
     load_into(model, state, source=str(path))
     return model
+
+
+def create_features(
+    name: str,
+    pretrained: bool | str | os.PathLike = False,
+    out_indices: Sequence[int] | None = None,
+    output_stride: int = 32,
+    ghostify: dict[str, Any] | None = None,
+    ema: bool | None = None,
+    **kwargs: Any,
+) -> nn.Module:
+    """``create_model(name, features_only=True, ...)``: the classifier ``name`` (weights
+    loaded first, then ghostified if asked) as a feature model. ``timm:NAME`` uses timm's
+    ``features_only`` (its own levels and output strides)."""
+    if output_stride not in OUTPUT_STRIDES:
+        raise GhostnetError(f"output_stride must be 8, 16 or 32, got {output_stride}")
+    if name.startswith("timm:"):
+        model = timm_features(name, pretrained, out_indices, output_stride, kwargs)
+        if ghostify is not None:
+            model = ghostify_model(model, inplace=True, **ghostify)
+        return model
+    model = create_model(name, pretrained=pretrained, ema=ema, **kwargs)
+    if ghostify is not None:
+        model = ghostify_model(model, inplace=True, **ghostify)
+    in_chans = int(kwargs.get("in_chans", 3))
+    return features_from_model(model, out_indices, output_stride, in_chans)
 
 
 @dataclass
