@@ -140,3 +140,15 @@ def test_non_square_and_small_inputs(size):
     model = ghostnet.create_model("g_ghost_regnetx_002").eval()
     with torch.no_grad():
         assert model(torch.randn(1, 3, *size)).shape == (1, 1000)
+
+
+@pytest.mark.parametrize("output_stride", [32, 16, 8])
+def test_features_only_and_output_stride(output_stride):
+    model = ghostnet.create_model(
+        "g_ghost_regnetx_002", features_only=True, output_stride=output_stride
+    ).eval()
+    assert model.feature_info.channels() == [32, 24, 56, 152, 368]
+    with torch.no_grad():
+        feats = model(torch.randn(1, 3, 97, 131))
+    last = max(1, output_stride)
+    assert feats[-1].shape[-2:] == (-(-97 // last), -(-131 // last))
