@@ -34,6 +34,7 @@ class PaperRow:
 
 
 _TIMM = "timm results-imagenet.csv"
+_GG = "G-Ghost README"
 
 PAPER_ROWS: tuple[PaperRow, ...] = (
     PaperRow("GhostNet 0.5x", "ghostnet_050", {}, 2.6, 42, 66.2, "Table 7 (ImageNet)"),
@@ -71,6 +72,11 @@ PAPER_ROWS: tuple[PaperRow, ...] = (
     PaperRow("GhostNetV3 1.3x train", "ghostnetv3_130", {}, None, None, None, "n/a"),
     PaperRow("GhostNetV3 1.6x", "ghostnetv3_160", {"deploy": True}, None, None, None, "n/a"),
     PaperRow("GhostNetV3 1.6x train", "ghostnetv3_160", {}, None, None, None, "n/a"),
+    # G-GhostNet (IJCV 2022): the official g_ghost_pytorch README table (FLOPs = MACs)
+    PaperRow("G-Ghost RegNetX-3.2GF", "g_ghost_regnetx_032", {}, 10.5, 1800, 77.8, _GG),
+    PaperRow("G-Ghost RegNetX-4.0GF", "g_ghost_regnetx_040", {}, 15.7, 2200, 78.6, _GG),
+    PaperRow("G-Ghost RegNetX-8.0GF", "g_ghost_regnetx_080", {}, 24.6, 4200, 79.0, _GG),
+    PaperRow("G-Ghost RegNetX-16GF", "g_ghost_regnetx_160", {}, 32.4, 9000, 79.9, _GG),
 )
 
 TOLERANCE = 0.02  # relative difference accepted without a note

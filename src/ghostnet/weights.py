@@ -249,12 +249,15 @@ def _preview(items: Iterable[str], limit: int = 6) -> str:
 
 
 def _family_hint(own: set[str], theirs: set[str]) -> str | None:
-    """Name the GhostNet version mismatch (V1/V2/V3, V3 training vs deploy form), if any.
+    """Name the GhostNet version mismatch (V1/V2/V3, V3 training vs deploy form, G-Ghost
+    RegNet), if any; a G-Ghost stage has ``cheap`` and ``merge`` branches.
 
     V3 training form has ``*_rpr_*`` branches; every V3 block has ``ghost2.primary_conv.0``
     with a bias in deploy form; V2 has DFC ``short_conv`` but plain Ghost modules (BN)."""
 
     def kind(keys: set[str]) -> str | None:
+        if any(k.endswith(".cheap.0.weight") for k in keys) and any(".merge." in k for k in keys):
+            return "a G-GhostNet (RegNetX)"
         if any("_rpr_" in k for k in keys):
             return "a GhostNetV3 (training form)"
         if any(k.endswith("ghost2.primary_conv.0.bias") for k in keys):
@@ -273,6 +276,7 @@ def _family_hint(own: set[str], theirs: set[str]) -> str | None:
         "a GhostNetV3 (deploy form)": "load it into ghostnetv3_* with deploy=True",
         "a GhostNetV2": "load it into ghostnetv2_*",
         "a GhostNet (V1)": "load it into ghostnet_*",
+        "a G-GhostNet (RegNetX)": "load it into g_ghost_regnetx_*",
     }[file]
     return f"the file holds {file} checkpoint but the model is {mine}; {fix}"
 
