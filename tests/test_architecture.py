@@ -54,9 +54,11 @@ def _imports(path: Path) -> set[str]:
                 continue
             found.add(target)
             for alias in node.names:  # ``from . import cifar`` names a module
-                if (PACKAGE.parent / (target + "." + alias.name).replace(".", "/")).with_suffix(
-                    ".py"
-                ).exists():
+                if (
+                    (PACKAGE.parent / (target + "." + alias.name).replace(".", "/"))
+                    .with_suffix(".py")
+                    .exists()
+                ):
                     found.add(f"{target}.{alias.name}")
     found.discard(name)
     return found
@@ -87,9 +89,7 @@ def test_no_module_uses_one_listed_below_it():
         for target in imported:
             if order.get(_group(target), -1) > order[group]:
                 upward.append(f"{module} -> {target}")
-    assert not upward, "imports of modules listed below the importer: " + ", ".join(
-        sorted(upward)
-    )
+    assert not upward, "imports of modules listed below the importer: " + ", ".join(sorted(upward))
 
 
 def test_no_import_cycles():

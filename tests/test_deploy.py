@@ -24,9 +24,10 @@ pytest.importorskip("onnxruntime")
 
 from .conftest import randomise_bn as _randomise_bn
 from .conftest import small_size as _small_size
+from .conftest import swept_models
 
 
-@pytest.mark.parametrize("name", ghostnet.list_models())
+@pytest.mark.parametrize("name", swept_models())
 def test_fuse_matches_eager_for_every_registered_model(name):
     kwargs = {"ratio": 3} if name.startswith("ghost_") else {}
     model = _randomise_bn(ghostnet.create_model(name, **kwargs), _small_size(name))
@@ -81,7 +82,7 @@ def test_untraceable_model_falls_back_to_sequential_pairs(caplog):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ghostnet.list_models())
+@pytest.mark.parametrize("name", swept_models())
 def test_onnx_export_matches_eager_for_every_registered_model(name, tmp_path):
     kwargs = {"ratio": 3} if name.startswith("ghost_") else {}
     size = _small_size(name)

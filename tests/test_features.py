@@ -12,6 +12,8 @@ import ghostnet
 from ghostnet.errors import GhostnetError
 from ghostnet.models.features import features_from_model
 
+from .conftest import swept_models
+
 TORCHVISION = (
     "torchvision:resnet18",
     "torchvision:mobilenet_v3_large",
@@ -43,7 +45,7 @@ def test_feature_shapes_fast(name, output_stride):
 
 
 @pytest.mark.slow  # every registered model and five torchvision ones, three strides each
-@pytest.mark.parametrize("name", [*ghostnet.list_models(), *TORCHVISION])
+@pytest.mark.parametrize("name", [*swept_models(), *TORCHVISION])
 def test_feature_shapes_every_model(name):
     for output_stride in (32, 16, 8):
         _check(name, output_stride)

@@ -11,13 +11,14 @@ from ghostnet.split import split_concats
 
 from .conftest import randomise_bn as _randomise_bn
 from .conftest import small_size as _small_size
+from .conftest import swept_models
 
 
 def _count(gm, target):
     return sum(1 for n in gm.graph.nodes if n.target is target)
 
 
-@pytest.mark.parametrize("name", ghostnet.list_models())
+@pytest.mark.parametrize("name", swept_models())
 def test_split_matches_eager_for_every_registered_model(name):
     kwargs = {"ratio": 3} if name.startswith("ghost_") else {}
     size = _small_size(name)
