@@ -237,3 +237,44 @@ def test_lock_is_dropped_when_the_owner_dies(tmp_path):
     proc.wait()
     lock = safe_io.RunFolderLock(tmp_path).acquire()
     lock.release()
+
+
+@pytest.mark.parametrize("damage", ["truncated", "bit-flipped header", "zeroed"])
+def test_resume_of_a_damaged_last_pt_falls_back_to_last_prev(small_data, tmp_path, caplog, damage):
+    """Two epochs: last.pt (epoch 2) and last.prev.pt (epoch 1). last.pt damaged: --resume
+    warns naming it and why, continues from last.prev.pt (epoch 1); the rest is untouched."""
+    out = tmp_path / "run"
+    fit(_config(small_data, out, epochs=2))
+    assert read_checkpoint(out / "last.prev.pt")["epoch"] == 1
+    last = out / "last.pt"
+    data = bytearray(last.read_bytes())
+    if damage == "truncated":
+        data = data[: len(data) // 2]
+    elif damage == "bit-flipped header":
+        data[0] ^= 0x01  # the zip signature
+    else:
+        data = bytearray(len(data))
+    last.write_bytes(bytes(data))
+    prev_sha, best_sha = _sha(out / "last.prev.pt"), _sha(out / "best.pt")
+    summary = fit(_config(small_data, out, epochs=3), resume=last)
+    assert f"resume: skipped {last}: " in caplog.text
+    assert f"continuing from {out / 'last.prev.pt'} (epoch 1, step 0)" in caplog.text
+    assert summary["epochs_done"] == 3
+    assert read_checkpoint(last)["epoch"] == 3
+    assert _sha(out / "best.pt") == best_sha or read_checkpoint(out / "best.pt")["epoch"] > 1
+    assert prev_sha  # last.prev.pt now holds epoch 2 of the resumed run
+    assert read_checkpoint(out / "last.prev.pt")["epoch"] == 2
+
+
+def test_resume_with_nothing_readable_lists_what_was_tried(small_data, tmp_path):
+    out = tmp_path / "run"
+    fit(_config(small_data, out, epochs=2))
+    for name in ("last.pt", "last.prev.pt", "best.pt"):
+        (out / name).write_bytes(b"broken")
+    with pytest.raises(GhostnetError) as info:
+        fit(_config(small_data, out, epochs=3), resume=out / "last.pt")
+    line = str(info.value)
+    assert "\n" not in line
+    assert line.startswith("no readable checkpoint to resume from; tried ")
+    for name in ("last.pt", "last.prev.pt", "best.pt"):
+        assert str(out / name) in line

@@ -730,9 +730,54 @@ def save_checkpoint(run: RunInfo, state: TrainState, names: tuple[str, ...]) -> 
     states = run.collectives.gather_objects(rng_state())
     if run.ddp.main:
         payload = state.checkpoint(run, states)
+        keep_previous(run.out / "last.pt")
         for name in names:
             atomic_save(payload, run.out / name, survived=_survivor(run))
         run.saved = f"epoch {state.epoch} (step {state.step_in_epoch}) at {run.out / 'last.pt'}"
+
+
+def keep_previous(last: Path) -> None:
+    """last.pt -> also last.prev.pt (a hard link, atomic; a copy where links are refused),
+    so a damaged last.pt never leaves best.pt as the only copy."""
+    if not last.exists():
+        return
+    prev = last.with_name("last.prev.pt")
+    tmp = last.with_name(".last.prev.tmp-link.pt")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(last, tmp)
+    except OSError:
+        shutil.copyfile(last, tmp)
+    os.replace(tmp, prev)
+
+
+def read_resume_checkpoint(path: Path) -> tuple[dict[str, Any], Path]:
+    """``path``, or when it is unreadable the newest readable fallback beside a last.pt
+    (last.prev.pt, then best.pt) with a warning naming what was skipped and why."""
+    candidates = [path]
+    if path.name == "last.pt":
+        candidates += [path.with_name("last.prev.pt"), path.with_name("best.pt")]
+    tried: list[str] = []
+    for candidate in candidates:
+        if candidate != path and not candidate.exists():
+            continue
+        try:
+            checkpoint = read_checkpoint(candidate)
+        except GhostnetError as exc:
+            tried.append(f"{candidate}: {str(exc)[:160]}")
+            continue
+        if tried:
+            log.warning(
+                "resume: skipped %s; continuing from %s (epoch %d, step %d)",
+                "; ".join(tried),
+                candidate,
+                checkpoint.get("epoch", 0),
+                checkpoint.get("step_in_epoch", 0),
+            )
+        return checkpoint, candidate
+    if len(tried) == 1:
+        raise GhostnetError(tried[0].split(": ", 1)[1])
+    raise GhostnetError("no readable checkpoint to resume from; tried " + "; ".join(tried))
 
 
 def _survivor(run: RunInfo) -> str:
@@ -1079,8 +1124,8 @@ def open_run(
     out = Path(config.out).expanduser()
     check_out_folder(out, resume=resume is not None, overwrite=overwrite)
     if resume is not None:
-        checkpoint = read_checkpoint(resume)
-        config, replan = resolve_resume(config, checkpoint, Path(resume))
+        checkpoint, used = read_resume_checkpoint(Path(resume))
+        config, replan = resolve_resume(config, checkpoint, used)
     device_kind = (
         "cuda"
         if config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available())
