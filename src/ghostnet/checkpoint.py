@@ -17,34 +17,20 @@ from torch import nn
 from .data import Preset
 from .errors import GhostnetError
 from .models import ModelSpec
+from .safe_io import save_torch
 from .weights import load_into, safe_torch_load
 
 FORMAT = "ghostnet-checkpoint/1"
 
 
-def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
-    """Write ``obj`` with torch.save to a temp file in the same folder, fsync, then rename.
+def atomic_save(obj: Any, path: str | os.PathLike, survived: str | None = None) -> Path:
+    """torch.save to a temp file in the same folder, fsync, then rename (safe_io.save_torch).
 
-    A kill at any moment leaves either the previous file or the new one, never a torn file.
+    A kill at any moment leaves either the previous file or the new one, never a torn file;
+    disk full, read-only or permission errors become one line naming the path and
+    ``survived`` (what is still intact).
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-    return path
+    return save_torch(obj, path, survived)
 
 
 def remove_stale_temp_files(folder: str | os.PathLike) -> None:

@@ -31,6 +31,7 @@ from .errors import GhostnetError
 from .inherit import MIN_CALIBRATION_IMAGES, inherit_weights
 from .layers import GhostConv2d
 from .models import ModelSpec
+from .safe_io import write_text
 from .weights import safe_torch_load
 
 log = logging.getLogger("ghostnet")
@@ -489,5 +490,5 @@ def compress(options: CompressOptions) -> dict[str, Any]:
         ],
         "layout": {f.name: {"intrinsic": f.intrinsic, "sources": f.sources} for f in fits},
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary

@@ -26,6 +26,7 @@ from torch.nn.utils.fusion import fuse_linear_bn_eval as _torch_fuse_linear_bn
 from .errors import GhostnetError
 from .files import check_output_file
 from .layers import GhostConv2d
+from .safe_io import atomic_path, error_line, write_failure
 
 log = logging.getLogger("ghostnet")
 
@@ -381,6 +382,9 @@ def export_onnx(
             break
         except Exception as exc:  # exporters raise many types; reported below in one line
             _remove_partial(path)
+            failure = write_failure(path, exc)
+            if failure is not None:  # a full disk is not an untraceable model
+                raise error_line(path, failure) from None
             errors.append(
                 f"{'torch.export' if dynamo else 'TorchScript'}: "
                 f"{str(exc).strip().splitlines()[0][:200]}"
@@ -395,7 +399,8 @@ def export_onnx(
     for key, value in (metadata or {}).items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, json.dumps(value)
-    onnx.save(proto, str(path))
+    with atomic_path(path) as tmp:
+        onnx.save(proto, str(tmp))
     if proto.ByteSize() < _PROTOBUF_LIMIT:  # weights now inside the file: no side file
         Path(f"{path}.data").unlink(missing_ok=True)
     check_batch = 2 if dynamic_batch else batch_size
@@ -811,5 +816,6 @@ def quantize_onnx(
         quantized.metadata_props.add().CopyFrom(entry)
     item = quantized.metadata_props.add()
     item.key, item.value = "int8", json.dumps(summary)
-    onnx.save(quantized, str(out_path))
+    with atomic_path(out_path) as tmp:
+        onnx.save(quantized, str(tmp))
     return summary

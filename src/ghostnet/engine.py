@@ -68,6 +68,7 @@ from .distill import FeatureMatch, TrainLoss, load_teacher
 from .errors import GhostnetError
 from .files import check_output_folder
 from .models import ModelSpec
+from .safe_io import RunFolderLock, atomic_open, write_text
 
 log = logging.getLogger("ghostnet")
 
@@ -623,6 +624,7 @@ class RunInfo:
     loss: TrainLoss
     features: FeatureMatch | None = None  # --kd-features: hooks on student and teacher
     wall_start: float = field(default_factory=time.perf_counter)
+    saved: str = ""  # the last checkpoint written by this process ("epoch N ... at PATH")
 
     @property
     def classes(self) -> list[str]:
@@ -728,8 +730,63 @@ def save_checkpoint(run: RunInfo, state: TrainState, names: tuple[str, ...]) -> 
     states = run.collectives.gather_objects(rng_state())
     if run.ddp.main:
         payload = state.checkpoint(run, states)
+        keep_previous(run.out / "last.pt")
         for name in names:
-            atomic_save(payload, run.out / name)
+            atomic_save(payload, run.out / name, survived=_survivor(run))
+        run.saved = f"epoch {state.epoch} (step {state.step_in_epoch}) at {run.out / 'last.pt'}"
+
+
+def keep_previous(last: Path) -> None:
+    """last.pt -> also last.prev.pt (a hard link, atomic; a copy where links are refused),
+    so a damaged last.pt never leaves best.pt as the only copy."""
+    if not last.exists():
+        return
+    prev = last.with_name("last.prev.pt")
+    tmp = last.with_name(".last.prev.tmp-link.pt")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(last, tmp)
+    except OSError:
+        shutil.copyfile(last, tmp)
+    os.replace(tmp, prev)
+
+
+def read_resume_checkpoint(path: Path) -> tuple[dict[str, Any], Path]:
+    """``path``, or when it is unreadable the newest readable fallback beside a last.pt
+    (last.prev.pt, then best.pt) with a warning naming what was skipped and why."""
+    candidates = [path]
+    if path.name == "last.pt":
+        candidates += [path.with_name("last.prev.pt"), path.with_name("best.pt")]
+    tried: list[str] = []
+    for candidate in candidates:
+        if candidate != path and not candidate.exists():
+            continue
+        try:
+            checkpoint = read_checkpoint(candidate)
+        except GhostnetError as exc:
+            tried.append(f"{candidate}: {str(exc)[:160]}")
+            continue
+        if tried:
+            log.warning(
+                "resume: skipped %s; continuing from %s (epoch %d, step %d)",
+                "; ".join(tried),
+                candidate,
+                checkpoint.get("epoch", 0),
+                checkpoint.get("step_in_epoch", 0),
+            )
+        return checkpoint, candidate
+    if len(tried) == 1:
+        raise GhostnetError(tried[0].split(": ", 1)[1])
+    raise GhostnetError("no readable checkpoint to resume from; tried " + "; ".join(tried))
+
+
+def _survivor(run: RunInfo) -> str:
+    """What a failed checkpoint write leaves intact, for its error line."""
+    if run.saved:
+        return f"last good checkpoint: {run.saved}"
+    if (run.out / "last.pt").exists():
+        return f"last good checkpoint: {run.out / 'last.pt'} (from before this run)"
+    return "no checkpoint of this run was written yet"
 
 
 class StopRequested:
@@ -930,14 +987,12 @@ METRIC_FIELDS = [
 ]
 
 
-def _write_metrics(out: Path, history: list[dict[str, Any]]) -> None:
+def _write_metrics(out: Path, history: list[dict[str, Any]], survived: str = "") -> None:
     """Rewrite metrics.csv from the run's history (so a resumed run never duplicates rows)."""
-    tmp = out / ".metrics.csv.tmp"
-    with open(tmp, "w", newline="") as f:
+    with atomic_open(out / "metrics.csv", "w", survived=survived or None, newline="") as f:
         writer = csv.DictWriter(f, fieldnames=METRIC_FIELDS, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(history)
-    os.replace(tmp, out / "metrics.csv")
 
 
 def _tensorboard(out: Path) -> Any:
@@ -996,7 +1051,7 @@ def end_epoch(run: RunInfo, state: TrainState, board: Any) -> dict[str, Any]:
             row["eval_top5"],
             row["train_images_per_s"],
         )
-        _write_metrics(run.out, state.history)
+        _write_metrics(run.out, state.history, _survivor(run))
         _write_skipped(run, state)
         if board is not None:
             for key, value in row.items():
@@ -1009,7 +1064,7 @@ def end_epoch(run: RunInfo, state: TrainState, board: Any) -> dict[str, Any]:
 def _write_skipped(run: RunInfo, state: TrainState) -> None:
     skipped = sorted(set(state.skipped_images) | set(run.data.train_set.split.skipped))
     if skipped:
-        (run.out / "skipped_images.txt").write_text("\n".join(skipped) + "\n")
+        write_text(run.out / "skipped_images.txt", "\n".join(skipped) + "\n")
 
 
 def finish(
@@ -1047,7 +1102,7 @@ def finish(
         "config": asdict(run.config),
         "classes": run.classes,
     }
-    (run.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_text(run.out / "summary.json", json.dumps(summary, indent=2) + "\n")
     if state.history:
         try:
             from .plots import plot_curves
@@ -1069,8 +1124,8 @@ def open_run(
     out = Path(config.out).expanduser()
     check_out_folder(out, resume=resume is not None, overwrite=overwrite)
     if resume is not None:
-        checkpoint = read_checkpoint(resume)
-        config, replan = resolve_resume(config, checkpoint, Path(resume))
+        checkpoint, used = read_resume_checkpoint(Path(resume))
+        config, replan = resolve_resume(config, checkpoint, used)
     device_kind = (
         "cuda"
         if config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available())
@@ -1172,12 +1227,30 @@ def fit(
     """
     run, state = open_run(config, resume, overwrite)  # every check: nothing written yet
     created = not run.out.exists()
-    if run.ddp.main:
-        try:
-            run.out.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise GhostnetError(f"--out {run.out}: cannot create the folder ({exc})") from exc
-        remove_stale_temp_files(run.out)
+    lock = take_run_folder(run)
+    try:
+        return _fit_owned(run, state, resume, created)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def take_run_folder(run: RunInfo) -> RunFolderLock | None:
+    """Rank 0 creates --out and locks it (DIR/.lock) before writing anything in it."""
+    if not run.ddp.main:
+        return None
+    try:
+        run.out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise GhostnetError(f"--out {run.out}: cannot create the folder ({exc})") from exc
+    lock = RunFolderLock(run.out).acquire()
+    remove_stale_temp_files(run.out)
+    return lock
+
+
+def _fit_owned(
+    run: RunInfo, state: TrainState, resume: str | os.PathLike | None, created: bool
+) -> dict[str, Any]:
     _announce(run, state, resume)
     train_model = wrap_for_training(run, state.model)
     board = _tensorboard(run.out) if run.ddp.main else None
@@ -1194,7 +1267,10 @@ def fit(
         if created and run.ddp.main and not (run.out / "last.pt").exists():
             shutil.rmtree(run.out, ignore_errors=True)  # a failed start leaves nothing behind
         elif run.ddp.main:
-            finish(run, state, last_eval, status.get(type(exc), f"failed: {exc}"))
+            try:
+                finish(run, state, last_eval, status.get(type(exc), f"failed: {exc}"))
+            except GhostnetError as again:  # e.g. the same full disk: keep the first error
+                log.warning("summary not written: %s", again)
         _teardown(run, board)
         if isinstance(exc, Stopped):
             log.info("stopped by a signal: state saved to %s", run.out / "last.pt")

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from .safe_io import atomic_path
+
 
 def plot_curves(history: list[dict[str, Any]], path: str | Path, title: str = "") -> Path:
     """Loss and top-1 per epoch (train vs eval) and the learning rate, saved as a PNG."""
@@ -33,6 +35,7 @@ def plot_curves(history: list[dict[str, Any]], path: str | Path, title: str = ""
     if title:
         fig.suptitle(title)
     path = Path(path)
-    fig.savefig(path, dpi=120)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120)
     plt.close(fig)
     return path

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..safe_io import atomic_path
 from .redundancy import PairFits, reconstruct, top_pairs
 
 PAIR_COLOURS = [
@@ -83,7 +84,8 @@ def feature_grid(
         fontsize=9,
     )
     path = Path(path)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
 
@@ -133,7 +135,8 @@ def pair_details(
         ax.set_yticks([])
     fig.suptitle(f"{layer}: ghost pairs and their fitted cheap operations", fontsize=9)
     path = Path(path)
-    fig.savefig(path, dpi=110)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
     return path
 
@@ -162,6 +165,7 @@ def ratios_by_depth(reports: list[tuple[str, dict[str, Any]]], path: str | Path)
         ax.grid(alpha=0.3)
         ax.legend()
     path = Path(path)
-    fig.savefig(path, dpi=110)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
     return path

@@ -14,6 +14,7 @@ from torch import nn
 
 from ..errors import GhostnetError
 from ..layers import GhostConv2d, GhostModule
+from ..safe_io import write_text
 from .capture import capture, resolve_layers
 from .redundancy import PairFits, fit_pairs, summarize, top_pairs
 
@@ -116,7 +117,7 @@ def analyze_model(
 def write_report(report: dict[str, Any], path: str | os.PathLike) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=1) + "\n")
+    write_text(path, json.dumps(report, indent=1) + "\n")
     return path
 
 

@@ -18,6 +18,7 @@ from ..bench import (
     resolve_model,
     run_benchmark,
 )
+from ..safe_io import atomic_open
 from .common import int_at_least
 
 
@@ -152,6 +153,6 @@ def run(args: argparse.Namespace) -> int:
     for line in ratio_lines(records, [resolve_model(m) for m in models], batch_sizes):
         print(line)
     if args.json:
-        with open(args.json, "w") as f:
+        with atomic_open(args.json, "w") as f:
             json.dump(records_as_dicts(records), f, indent=2)
     return 0
