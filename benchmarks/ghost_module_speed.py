@@ -25,7 +25,7 @@ from ghostnet.layers.ghost import GhostModule
 def native_input(backend: str, x: torch.Tensor) -> torch.Tensor:
     """The input as the backend keeps maps between layers, since a module inside a network
     gets no conversion: channels_last (bf16 for -bf16) for PyTorch's fused and compile, NCHW
-    float32 for the ONNX runtimes. (Until session 6 every PyTorch call also converted an NCHW
+    float32 for the ONNX runtimes. (Until run 6 every PyTorch call also converted an NCHW
     float32 input, 1-2 ms of a 4-9 ms module, the same for both sides of each ratio.)"""
     if backend.startswith(("fused", "compile")):
         dtype = torch.bfloat16 if backend.endswith("-bf16") else torch.float32

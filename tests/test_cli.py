@@ -65,7 +65,8 @@ def test_module_compare(capsys):
 
 def test_models_and_paper_table(capsys):
     code, out, _ = run_cli(capsys, "models", "ghost*")
-    names = [line.split()[0] for line in out.splitlines() if line and not line.startswith("Also")]
+    skip = ("Also", "name ")  # the footer and the header line
+    names = [line.split()[0] for line in out.splitlines() if line and not line.startswith(skip)]
     assert code == 0 and "ghost_resnet50" in names and all(n.startswith("ghost") for n in names)
     code, out, _ = run_cli(capsys, "paper-table", "--json")
     assert code == 0 and len(json.loads(out)) >= 16

@@ -12,7 +12,7 @@ from .models import GHOSTNET_TABLE, GhostNet, ModelSpec, create_model, list_mode
 from .reparam import reparameterize
 from .weights import load_state_dict_file, load_weights, save_weights
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "GHOSTNET_TABLE",

@@ -32,7 +32,7 @@ run on its own so that several distillation settings share one inherit.
     OMP_NUM_THREADS=1 python distill_features_r20.py --out b32flip_d5 --features 'layer?.?' \
         --batch 32 --flip-only --dw-size 5 --init runs/compress/r20_inherit_d5/inherited.pt
 
-Session 10 (original retrained: 84.93; ``--init`` the inherited.pt of the
+run 10 (original retrained: 84.93; ``--init`` the inherited.pt of the
 ``r20_c3_flip_b16`` compress run, refine 300, start 71.31), the baseline and RepVGG-style
 training branches (``--reparam``: a BN'd 1x1 branch beside each 3x3 primary conv, BN'd 1x1
 and 3x3 depthwise branches beside each cheap op, all foldable, BN weights starting at 0):
@@ -43,7 +43,7 @@ and 3x3 depthwise branches beside each cheap op, all foldable, BN weights starti
         --features 'layer?.?' --batch 32 --flip-only --reparam \
         --init runs/compress/r20_c3_flip_b16/inherited.pt
 
-Session 11, the same start (raw ``s11_*``): the two settings above with ``--seed 1``
+run 11, the same start (raw ``s11_*``): the two settings above with ``--seed 1``
 (run-to-run noise), AdamW, KD temperature 2 and GhostNetV3-like branch counts:
 
     OMP_NUM_THREADS=1 python distill_features_r20.py --out s11_b32flip_seed1 \

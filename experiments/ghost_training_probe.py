@@ -1,4 +1,4 @@
-"""Probe (session 10, #13): why Ghost-ResNet-56 trains at ~1.2x, not 1.5x, the speed of ResNet-56.
+"""Probe (run 10, #13): why Ghost-ResNet-56 trains at ~1.2x, not 1.5x, the speed of ResNet-56.
 
 Each stage of a CIFAR ResNet-56 has 18 3x3 convs of the same shape (16 channels at 32x32,
 32 at 16x16, 64 at 8x8; batch 128). A Ghost layer (s=2) replaces each with a primary conv
@@ -9,8 +9,8 @@ interleaved repeats, medians. (a) / (b) is what the halved MACs buy the conv; (c
 Ghost layer adds back. The memory-bound rest of a training step (BN, ReLU, residual adds,
 their backward) is the same in both networks and dilutes whatever the convs save.
 
-    python docs/results/speed/ghost_training_probe.py
-    python docs/results/speed/ghost_training_probe.py --nchw    # the same in NCHW (session 11)
+    python experiments/ghost_training_probe.py
+    python experiments/ghost_training_probe.py --nchw    # the same in NCHW (run 11)
 """
 
 import argparse

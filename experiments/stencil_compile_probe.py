@@ -1,4 +1,4 @@
-"""Probe (session 6, #13): can torch.compile fuse the Ghost module's cheap op and concat?
+"""Probe (run 6, #13): can torch.compile fuse the Ghost module's cheap op and concat?
 
 The 1x1 Ghost module (256 -> 256, s=2, 28x28, batch 8) as oneDNN sees it runs three passes
 over memory: the primary conv, the depthwise conv, the concat. Written as nine shifted
@@ -7,7 +7,7 @@ could fuse with the ReLU and the concat into one loop. This times plain conv, Gh
 (depthwise conv) and Ghost module (stencil), eager and compiled (frozen weights), 1 thread,
 interleaved, medians. Outputs are checked against each other first.
 
-    python docs/results/speed/stencil_compile_probe.py [--nchw]
+    python experiments/stencil_compile_probe.py [--nchw]
 """
 
 import statistics

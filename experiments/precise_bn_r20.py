@@ -1,10 +1,10 @@
-"""Probe (session 11, #11): does re-estimating BN statistics after the 3-epoch distillation
+"""Probe (run 11, #11): does re-estimating BN statistics after the 3-epoch distillation
 ("precise BN") lift the distilled Ghost-ResNet-20? The trainer's running statistics are an
 exponential average over the last steps of a moving model; this recomputes them with the
 final weights on N class-balanced training images (prepared as for evaluation), then
 evaluates on the full CIFAR-10 test set.
 
-    python docs/results/compress/precise_bn_r20.py runs/probe/s10_b32flip/last.pt 2048 8192
+    python experiments/precise_bn_r20.py runs/probe/s10_b32flip/last.pt 2048 8192
 """
 
 import sys
