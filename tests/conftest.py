@@ -85,4 +85,6 @@ def swept_models() -> list[str]:
     import ghostnet
 
     names = ghostnet.list_models()
-    return [n for n in names if not n.startswith("g_ghost_") or n in G_GHOST_SWEPT]
+    # the plain RegNetX rows and the CIFAR pair are the same blocks as the swept two
+    family = ("g_ghost_", "regnetx_")
+    return [n for n in names if not n.startswith(family) or n in G_GHOST_SWEPT]

@@ -63,7 +63,8 @@ def golden_input() -> torch.Tensor:
 
 def test_every_official_variant_is_registered():
     names = {f"g_ghost_regnetx_{k}" for k in OFFICIAL_PARAMS}
-    assert names == set(ghostnet.list_models("g_ghost_regnetx_*"))
+    imagenet = {n for n in ghostnet.list_models("g_ghost_regnetx_*") if not n.endswith("_cifar")}
+    assert names == imagenet
     assert set(G_GHOST_REGNETX) == set(OFFICIAL_PARAMS)
 
 
@@ -71,6 +72,46 @@ def test_every_official_variant_is_registered():
 def test_params_equal_official(key):
     model = ghostnet.create_model(f"g_ghost_regnetx_{key}")
     assert sum(p.numel() for p in model.parameters()) == OFFICIAL_PARAMS[key]
+
+
+# The plain RegNetX rows (ghost=False) are torchvision's regnet_x_* where it has the row:
+# equal parameter counts check the table's widths, depths and group widths. Its 400MF rounds
+# the last stage to 400 channels where the official G-Ghost table (and pycls) has 384.
+TORCHVISION_ROWS = {
+    "008": "regnet_x_800mf",
+    "016": "regnet_x_1_6gf",
+    "032": "regnet_x_3_2gf",
+    "080": "regnet_x_8gf",
+    "160": "regnet_x_16gf",
+    "320": "regnet_x_32gf",
+}
+
+
+@pytest.mark.parametrize("key", sorted(TORCHVISION_ROWS))
+def test_plain_rows_equal_torchvision_regnetx(key):
+    import torchvision
+
+    from ghostnet.models.g_ghost_regnet import GGhostRegNet
+
+    ours = GGhostRegNet(G_GHOST_REGNETX[key], ghost=False)
+    theirs = torchvision.models.get_model(TORCHVISION_ROWS[key])
+    assert sum(p.numel() for p in ours.parameters()) == sum(
+        p.numel() for p in theirs.parameters()
+    )
+
+
+@pytest.mark.parametrize("name", ["g_ghost_regnetx_002_cifar", "regnetx_002_cifar"])
+def test_cifar_pair_keeps_resolution(name):
+    model = ghostnet.create_model(name).eval()
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    # stem and stage 1 at stride 1: the last stage sees 4x4 maps at 32x32
+    assert model.forward_features(torch.randn(1, 3, 32, 32)).shape[-2:] == (4, 4)
+
+
+def test_cifar_pair_differs_only_in_the_ghost_stages():
+    ghost = profile(ghostnet.create_model("g_ghost_regnetx_002_cifar"), (3, 32, 32))
+    plain = profile(ghostnet.create_model("regnetx_002_cifar"), (3, 32, 32))
+    assert ghost.params < plain.params and ghost.macs < 0.7 * plain.macs
 
 
 @pytest.mark.parametrize("key", sorted(README_FLOPS))

@@ -45,8 +45,13 @@ G_GHOST_REGNETX: dict[str, GGhostVariant] = {
 STEM_CHANNELS = 32
 
 
-def _plain_stage(in_chs: int, out_chs: int, depth: int, group_width: int) -> nn.Sequential:
-    blocks = [RegNetBottleneck(in_chs, out_chs, 2, group_width, projection(in_chs, out_chs, 2))]
+def _plain_stage(
+    in_chs: int, out_chs: int, depth: int, group_width: int, stride: int = 2
+) -> nn.Sequential:
+    first = RegNetBottleneck(
+        in_chs, out_chs, stride, group_width, projection(in_chs, out_chs, stride)
+    )
+    blocks = [first]
     blocks += [RegNetBottleneck(out_chs, out_chs, 1, group_width) for _ in range(depth - 1)]
     return nn.Sequential(*blocks)
 
@@ -55,7 +60,11 @@ class GGhostRegNet(nn.Module):
     """Stem (3x3 s2) + four stride-2 stages + GAP, dropout, linear.
 
     Stage 1 is always plain; stage 3 always a G-Ghost stage; stages 2 and 4 are G-Ghost
-    stages when deeper than 2 blocks (the official rule)."""
+    stages when deeper than 2 blocks (the official rule). ``ghost=False`` builds the plain
+    RegNetX of the same row (every stage plain: torchvision's ``regnet_x_*`` where it has
+    one), the fair baseline. ``cifar=True`` is the usual stride adaptation for 32x32
+    inputs: stem and first stage at stride 1, so the last stage sees 4x4 maps (output
+    stride 8, as the CIFAR ResNets)."""
 
     def __init__(
         self,
@@ -63,19 +72,22 @@ class GGhostRegNet(nn.Module):
         num_classes: int = 1000,
         drop_rate: float = 0.2,
         in_chans: int = 3,
+        ghost: bool = True,
+        cifar: bool = False,
     ) -> None:
         super().__init__()
         self.variant = variant
-        self.conv1 = nn.Conv2d(in_chans, STEM_CHANNELS, 3, 2, 1, bias=False)
+        first_stride = 1 if cifar else 2
+        self.conv1 = nn.Conv2d(in_chans, STEM_CHANNELS, 3, first_stride, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(STEM_CHANNELS)
         self.relu = nn.ReLU(inplace=True)
         in_chs = STEM_CHANNELS
         for i, (depth, width) in enumerate(zip(variant.depths, variant.widths)):
-            ghost = i == 2 or (i in (1, 3) and depth > 2)
-            if ghost:
-                stage = GGhostStage(in_chs, width, depth, variant.group_width, stride=2)
+            stride = first_stride if i == 0 else 2
+            if ghost and (i == 2 or (i in (1, 3) and depth > 2)):
+                stage = GGhostStage(in_chs, width, depth, variant.group_width, stride=stride)
             else:
-                stage = _plain_stage(in_chs, width, depth, variant.group_width)
+                stage = _plain_stage(in_chs, width, depth, variant.group_width, stride)
             self.add_module(f"layer{i + 1}", stage)
             in_chs = width
         self.num_features = in_chs
@@ -98,20 +110,42 @@ class GGhostRegNet(nn.Module):
         return self.fc(self.dropout(x))
 
 
-def _make_builder(key: str):
-    def build(**kwargs) -> GGhostRegNet:
-        return GGhostRegNet(G_GHOST_REGNETX[key], **kwargs)
+def _make_builder(key: str, ghost: bool, cifar: bool):
+    name = f"{'g_ghost_' if ghost else ''}regnetx_{key}{'_cifar' if cifar else ''}"
 
-    build.__name__ = f"g_ghost_regnetx_{key}"
-    build.__doc__ = f"G-Ghost RegNetX-{key} (IJCV 2022)."
-    return build
+    def build(**kwargs) -> GGhostRegNet:
+        kwargs.setdefault("num_classes", 10 if cifar else 1000)
+        return GGhostRegNet(G_GHOST_REGNETX[key], ghost=ghost, cifar=cifar, **kwargs)
+
+    build.__name__ = name
+    build.__doc__ = (
+        f"{'G-Ghost' if ghost else 'Plain'} RegNetX-{key}{' for CIFAR' if cifar else ''}."
+    )
+    return name, build
 
 
 for _key in G_GHOST_REGNETX:
+    _name, _build = _make_builder(_key, ghost=True, cifar=False)
     register(
-        f"g_ghost_regnetx_{_key}",
+        _name,
         input_size=(3, 224, 224),
         num_classes=1000,
         classifier="fc",
         description=f"G-Ghost RegNetX-{_key} (IJCV 2022), ImageNet",
-    )(_make_builder(_key))
+    )(_build)
+
+# RegNetX-200MF is the one row torchvision has no plain model for; the CIFAR pair is the
+# like-for-like comparison of the docs' CIFAR-10 table (same widths, depths, strides).
+for _ghost, _cifar, _what in (
+    (False, False, "Plain RegNetX-002 (the G-Ghost table's row, no Ghost stages), ImageNet"),
+    (True, True, "G-Ghost RegNetX-002, CIFAR strides (stem and stage 1 at stride 1)"),
+    (False, True, "Plain RegNetX-002, CIFAR strides (the G-Ghost CIFAR model's baseline)"),
+):
+    _name, _build = _make_builder("002", ghost=_ghost, cifar=_cifar)
+    register(
+        _name,
+        input_size=(3, 32, 32) if _cifar else (3, 224, 224),
+        num_classes=10 if _cifar else 1000,
+        classifier="fc",
+        description=_what,
+    )(_build)
