@@ -37,7 +37,7 @@ PAGES = ["", "guide/usage/", "api/", "results/analysis/"]
 
 RAW_MARKDOWN = {
     "table rule": re.compile(r"\|\s*:?-{3,}"),
-    "heading": re.compile(r"(^|\n)\s*#{1,6} \S"),
+    "heading": re.compile(r"(?<![\w#&;])#{1,6} [A-Za-z]"),  # "## Title" left as text
     "link": re.compile(r"\]\([^)\s]+\)"),
     "code fence": re.compile(r"```"),
 }
