@@ -38,6 +38,7 @@ def test_mkdocs_build_strict(site):
     assert "create_model" in api and "ghostify" in api
 
 
+@pytest.mark.slow  # Chromium: ~20 s for four pages on a loaded 2-core machine
 @pytest.mark.skipif(not Path("/usr/bin/chromium").exists(), reason="no /usr/bin/chromium")
 def test_site_renders_in_a_headless_browser(site, capsys):
     """scripts/check_site.py on the built site: index, a guide, the API page and a results
