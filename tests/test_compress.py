@@ -198,3 +198,66 @@ def test_reestimate_bn_measures_the_statistics_again():
         maps = model[0](images)
     assert torch.allclose(model[1].running_mean, maps.mean(dim=(0, 2, 3)), atol=1e-5)
     assert model[1].momentum == 0.1 and not model.training
+
+
+def test_compress_owns_its_out_folder(tiny, capsys, monkeypatch):
+    """While a compress runs, a second compress and a training on its --out refuse in one
+    line naming it (pid, host); the folder it owns gets nothing from them."""
+    import os
+    import socket
+    import threading
+
+    import ghostnet.compress as compress_module
+
+    root, data, _, _ = tiny
+    out = root / "owned"
+    started, release = threading.Event(), threading.Event()
+    real = compress_module.calibration_images
+
+    def held_calibration(*args, **kwargs):
+        started.set()
+        assert release.wait(60)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(compress_module, "calibration_images", held_calibration)
+    codes = []
+    first = threading.Thread(
+        target=lambda: codes.append(main(_args(tiny, "owned", "--epochs", "0", "--bn-images", "0")))
+    )
+    first.start()
+    try:
+        assert started.wait(60)
+        owner = f"{out} is in use by another run (pid {os.getpid()} on {socket.gethostname()} "
+        again = _args(tiny, "owned", "--epochs", "0")
+        train = ["train", "--model", "resnet20_cifar", "--data", str(data), "--out", str(out)]
+        for argv in (again, [*train, "--epochs", "1"]):
+            capsys.readouterr()
+            assert main(argv) == 2
+            err = capsys.readouterr().err.strip()
+            assert len(err.splitlines()) == 1 and owner in err, err
+        assert sorted(p.name for p in out.iterdir()) == [".lock"]
+    finally:
+        release.set()
+        first.join(120)
+    assert codes == [0]
+    assert (out / "summary.json").is_file() and (out / ".lock").read_text() == ""
+
+
+def test_compress_refuses_a_locked_folder_and_leaves_it(tiny, capsys):
+    from ghostnet.safe_io import RunFolderLock
+
+    out = tiny[0] / "locked"
+    with RunFolderLock(out):
+        assert main(_args(tiny, "locked", "--epochs", "0")) == 2
+    err = capsys.readouterr().err
+    assert "is in use by another run (pid" in err and "choose another --out" in err
+    assert sorted(p.name for p in out.iterdir()) == [".lock"]
+
+
+def test_failed_compress_removes_the_folder_it_created(tiny, capsys):
+    out = tiny[0] / "failed"
+    args = _args(tiny, "failed", "--epochs", "0")
+    args[args.index("--data") + 1] = str(tiny[0] / "no-such-data")
+    assert main(args) == 2
+    assert "error:" in capsys.readouterr().err
+    assert not out.exists()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -21,7 +22,7 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import update_bn
 
-from .checkpoint import FORMAT, atomic_save, model_from_checkpoint
+from .checkpoint import FORMAT, atomic_save, model_from_checkpoint, remove_stale_temp_files
 from .config import config_from
 from .convert import ghostify
 from .counting import profile
@@ -31,7 +32,7 @@ from .errors import GhostnetError
 from .inherit import MIN_CALIBRATION_IMAGES, inherit_weights
 from .layers import GhostConv2d
 from .models import ModelSpec
-from .safe_io import write_text
+from .safe_io import RunFolderLock, error_line, write_failure, write_text
 from .weights import safe_torch_load
 
 log = logging.getLogger("ghostnet")
@@ -241,16 +242,44 @@ def block_names(model: nn.Module, converted: list[str]) -> list[str]:
 
 
 def compress(options: CompressOptions) -> dict[str, Any]:
-    """Inherit, evaluate, distil, evaluate; writes ``summary.json`` and returns it."""
-    from .engine import fit, pick_device
+    """Inherit, evaluate, distil, evaluate; writes ``summary.json`` and returns it.
 
+    The --out folder is locked (``DIR/.lock``, as ``ghostnet train`` does) before anything
+    is written in it: a second compress or a training on it refuses in one line naming
+    this process. A folder this call created is removed again when it fails before
+    writing a file."""
     wall_start = time.perf_counter()
     if 0 < options.bn_images < MIN_CALIBRATION_IMAGES:
         raise GhostnetError(
             f"--bn-images must be 0 (off) or >= {MIN_CALIBRATION_IMAGES}, got {options.bn_images}"
         )
     out = Path(options.out)
-    _check_out(out)
+    if out.exists() and not out.is_dir():
+        raise GhostnetError(f"--out {out} is an existing file; give a folder path")
+    created = not out.exists()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        failure = write_failure(out, exc)
+        if failure is not None:
+            raise error_line(out, failure) from None
+        raise GhostnetError(f"--out {out}: cannot create the folder ({exc})") from exc
+    lock = RunFolderLock(out).acquire()
+    try:
+        remove_stale_temp_files(out)  # a killed compress's temp files; we own the folder now
+        _check_out(out)  # after the lock: a live owner is named, not its half-written files
+        return _compress_owned(options, out, wall_start)
+    except BaseException:
+        if created and all(p.name == ".lock" for p in out.iterdir()):
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+    finally:
+        lock.release()
+
+
+def _compress_owned(options: CompressOptions, out: Path, wall_start: float) -> dict[str, Any]:
+    from .engine import fit, pick_device
+
     original = load_original(options)
     if original.spec.ghostify is not None:
         raise GhostnetError(

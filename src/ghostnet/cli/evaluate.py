@@ -65,8 +65,8 @@ def _load(args: argparse.Namespace) -> tuple[torch.nn.Module, dict, Preset, str]
                 "--precision applies to --backend torch; an ONNX file runs in the precision "
                 "it was exported in (export --int8 for INT8)"
             )
-        session = OnnxSession(args.onnx_file, threads=args.threads)
-        meta = session.metadata
+        ort_session = OnnxSession(args.onnx_file, threads=args.threads)
+        meta = ort_session.metadata
         if "preset" not in meta or "classes" not in meta:
             raise GhostnetError(
                 f"{args.onnx_file} has no ghostnet classes/preset metadata; export it from a "
@@ -79,7 +79,7 @@ def _load(args: argparse.Namespace) -> tuple[torch.nn.Module, dict, Preset, str]
             "onnx_precision": kind,  # what the file computes in, not a torch flag
         }
         label = f"{args.onnx_file} (ONNX Runtime, {kind})"
-        return OnnxClassifier(session), info, Preset.from_dict(meta["preset"]), label
+        return OnnxClassifier(ort_session), info, Preset.from_dict(meta["preset"]), label
     if args.onnx_file:
         raise GhostnetError(
             f"{args.onnx_file}: an ONNX file needs --backend onnxruntime; a checkpoint goes "

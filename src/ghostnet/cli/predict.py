@@ -41,15 +41,15 @@ def _load(args: argparse.Namespace) -> tuple[Callable, list[str], Preset, list[s
         onnx_file, *inputs = args.images
         if not inputs:
             raise GhostnetError("give the ONNX file first, then images or folders")
-        session = OnnxSession(onnx_file)
-        preset = session.metadata.get("preset")
+        ort_session = OnnxSession(onnx_file)
+        preset = ort_session.metadata.get("preset")
         if preset is None:
             raise GhostnetError(
                 f"{onnx_file} has no ghostnet preset metadata; export it with `ghostnet export`"
             )
-        classes = session.metadata.get("classes")
-        classes = classes or [str(i) for i in range(session.session.get_outputs()[0].shape[1])]
-        return session, classes, Preset.from_dict(preset), inputs
+        classes = ort_session.metadata.get("classes")
+        classes = classes or [str(i) for i in range(ort_session.session.get_outputs()[0].shape[1])]
+        return ort_session, classes, Preset.from_dict(preset), inputs
     if not args.checkpoint:
         raise GhostnetError("give --checkpoint FILE (or --backend onnxruntime FILE.onnx)")
     model, checkpoint = model_from_checkpoint(args.checkpoint)
