@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .deploy import OnnxSession, export_onnx, fuse, quantize_onnx
+from .deploy import OnnxSession, export_onnx, fuse, quantize_onnx, settle_batchnorm
 from .errors import GhostnetError
 from .kernels import fuse_cheap_ops
 from .models import create_model, default_input_size, list_models
@@ -239,27 +239,6 @@ def build_runner(
     if base == "onnxruntime":
         return OnnxSession(path, threads=threads)
     return _openvino_runner(path, threads, precision)
-
-
-def settle_batchnorm(model: nn.Module, input_size: Sequence[int], images: int = 4) -> nn.Module:
-    """Measure every BN's statistics on one batch of random images, then switch to eval.
-
-    The bench times random weights. With BN's initial statistics (mean 0, var 1) a deep
-    multi-branch net (a GhostNetV3 training form) reaches ~1e8 activations: float32 then
-    rounds differently on every runtime, so the ONNX check cannot tell a faithful export
-    from a broken one, and infinities or denormals would change the timings. Measured
-    statistics keep activations at a trained net's scale; the kernels timed are the same.
-    """
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    for norm in norms:
-        norm.reset_running_stats()
-        norm.momentum = None  # cumulative average: exactly this batch's statistics
-    if norms:
-        model.train()
-        generator = torch.Generator().manual_seed(0)
-        with torch.no_grad():
-            model(torch.randn(images, *input_size, generator=generator))
-    return model.eval()
 
 
 def copy_to(model: nn.Module, dtype: torch.dtype) -> nn.Module:
