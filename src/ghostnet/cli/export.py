@@ -173,7 +173,7 @@ def run(args: argparse.Namespace) -> int:
     before, after = result.batchnorm
     print(
         f"BN folded: {before} -> {after} BatchNorm layers; {agreement.runtime} vs PyTorch "
-        f"max diff {agreement.max_diff:.2e} of the output scale (limit {args.tolerance:g})"
+        f"max abs diff {agreement.max_diff:.2e} (of max(1, |output|); limit {args.tolerance:g})"
     )
     if agreement.note:
         print(f"check: {agreement.note}")

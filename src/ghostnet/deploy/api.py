@@ -72,16 +72,19 @@ class ExportResult:
 
 
 def check_export_output(path: str | os.PathLike, fmt: str) -> Path:
-    """``path`` as a writable target for ``fmt`` (right suffix), checked before any work."""
+    """``path`` as a writable target for ``fmt``, checked before any work: another
+    format's suffix is refused (the suffix is how predict/eval pick the runtime)."""
     if fmt not in FORMATS:
         raise GhostnetError(f"unknown --format {fmt!r}: choose from {', '.join(FORMATS)}")
     suffix, example = FORMATS[fmt]
-    path = Path(path)
-    if path.suffix != suffix:
+    path = check_output_file(path, "--out", example)
+    other = next((f for f, (s, _) in FORMATS.items() if s == path.suffix and f != fmt), None)
+    if other is not None or (fmt != "onnx" and path.suffix != suffix):
+        hint = f" or add --format {other}" if other else ""
         raise GhostnetError(
-            f"--out {path}: a --format {fmt} file ends in {suffix} (e.g. {example})"
+            f"--out {path}: a --format {fmt} file ends in {suffix} (e.g. {example}){hint}"
         )
-    return check_output_file(path, "--out", example)
+    return path
 
 
 def deploy_form(
@@ -177,6 +180,7 @@ def export(
                 check_batch,
                 tolerance,
                 recheck,
+                deploy,
             )
         except GhostnetError:
             for file in files:
