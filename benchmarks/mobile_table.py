@@ -12,6 +12,8 @@ written by `ghostnet export`'s pipeline (deploy.export) and checked against PyTo
     python benchmarks/mobile_table.py                 # full table (<= 8 min on a quiet CPU)
     python benchmarks/mobile_table.py --quick         # 2 models, 1 thread, few repeats
     python benchmarks/mobile_table.py --rewrite pool  # with a PyTorch-level rewrite
+    python benchmarks/mobile_table.py --quick --models ghostnet_100,ghostnet_100+pool,\
+        torchvision:mobilenet_v3_large               # a rewrite next to the plain model
 
 Within one thread count every (model, runtime) runs interleaved with all others, and the
 table reports medians: load from other processes hits every row alike.
@@ -89,9 +91,12 @@ def measure(models, runtimes, threads, repeats, rewrites, workdir, log):
     """{(model, runtime, threads): median ms}."""
     built = {}
     for name in models:
+        # NAME+REWRITE: the same model with a rewrite, timed next to the plain one
+        base, *extra = name.split("+")
         torch.manual_seed(0)
-        model = reparameterize(settle_batchnorm(create_model(resolve_model(name)), SIZE))
-        built[name] = apply_rewrites(model, rewrites, SIZE) if name.startswith("ghost") else model
+        model = reparameterize(settle_batchnorm(create_model(resolve_model(base)), SIZE))
+        chosen = [*rewrites, *extra] if base.startswith("ghost") else extra
+        built[name] = apply_rewrites(model, chosen, SIZE)
     results = {}
     for count in threads:
         torch.set_num_threads(count)

@@ -10,7 +10,9 @@ import torch
 from ghostnet.models import default_input_size
 
 # under pytest-xdist each worker gets one core, so the workers do not steal each other's
-torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else max(1, min(2, os.cpu_count() or 1)))
+torch.set_num_threads(
+    1 if os.environ.get("PYTEST_XDIST_WORKER") else max(1, min(2, os.cpu_count() or 1))
+)
 
 
 @pytest.fixture(autouse=True)

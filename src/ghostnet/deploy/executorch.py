@@ -34,20 +34,21 @@ def export_executorch(
     """``model`` lowered to XNNPACK through torch.export and written as a .pte program;
     the metadata goes beside it (``.pte.json``: a program holds no free-form strings)."""
     try:
-        from executorch.backends.xnnpack.partition.xnnpack_partitioner import (
-            XnnpackPartitioner,
-        )
-        from executorch.exir import to_edge_transform_and_lower
+        with quiet_native_output():  # the CPU probe at import prints ARM-only file names
+            from executorch.backends.xnnpack.partition.xnnpack_partitioner import (
+                XnnpackPartitioner,
+            )
+            from executorch.exir import to_edge_transform_and_lower
     except ImportError as exc:
         raise missing("executorch", "--format executorch", exc) from exc
     path = Path(path)
     example = (torch.randn(batch_size, *input_size),)
     try:
-        with torch.no_grad():
+        with torch.no_grad(), quiet_native_output():
             exported = torch.export.export(model.eval(), example)
-        program = to_edge_transform_and_lower(
-            exported, partitioner=[XnnpackPartitioner()]
-        ).to_executorch()
+            program = to_edge_transform_and_lower(
+                exported, partitioner=[XnnpackPartitioner()]
+            ).to_executorch()
     except Exception as exc:  # torch.export / exir raise many types; one line
         raise GhostnetError(
             f"{type(model).__name__} cannot be lowered to ExecuTorch: "
@@ -72,7 +73,8 @@ class ExecutorchSession:
 
     def __init__(self, path: str | os.PathLike, threads: int | None = None) -> None:
         try:
-            from executorch.runtime import Runtime
+            with quiet_native_output():
+                from executorch.runtime import Runtime
         except ImportError as exc:
             raise missing("executorch", "running a .pte file", exc) from exc
         self.path = require_file(path, "ExecuTorch program")

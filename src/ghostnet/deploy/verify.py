@@ -26,14 +26,20 @@ class Agreement:
     note: str | None = None
 
 
-def settle_batchnorm(model: nn.Module, input_size: Sequence[int], images: int = 4) -> nn.Module:
+def settle_batchnorm(
+    model: nn.Module, input_size: Sequence[int], images: int | None = None
+) -> nn.Module:
     """Measure every BN's statistics on one batch of random images, then switch to eval.
 
     With BN's initial statistics (mean 0, var 1) random weights of a deep multi-branch net
     (a GhostNetV3 training form) reach ~1e8 activations: float32 then rounds differently on
     every runtime, and no comparison can tell a faithful export from a broken one. Measured
     statistics keep activations at a trained net's scale; the computation graph is the same.
+    ``images`` (default: 4 at 224x224, more for small inputs, up to 64) keeps enough values
+    per channel in the last stages (1x1 maps at 32x32) for statistics that mean something.
     """
+    if images is None:
+        images = min(64, max(4, round(4 * (224 / input_size[-1]) ** 2)))
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     for norm in norms:
         norm.reset_running_stats()
