@@ -42,6 +42,7 @@ def test_an_ill_conditioned_model_is_rechecked_and_kept():
         check_agreement("R", "m.x", model, noisy, (3, 4, 4), 1, 1e-4, lambda m: 0.5)
 
 
+@pytest.mark.slow  # two ONNX exports of GhostNetV3 (the second for the measured-BN copy)
 def test_random_ghostnetv3_exports_with_the_recheck_named(tmp_path):
     """A random GhostNetV3 with initial BN statistics (issue #30's case, at 32x32): float32
     PyTorch itself is far from float64, so ONNX Runtime cannot agree to 1e-4; the file is

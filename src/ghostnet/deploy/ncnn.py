@@ -70,9 +70,16 @@ def export_ncnn(
                 + (f": {unsupported[0][:200]}" if unsupported else "")
             )
         _not_lowered(param)
-        for source, target in ((weights, weights_file(path)), (param, path)):
-            with atomic_path(target) as out:
-                shutil.copyfile(source, out)
+        written: list[Path] = []
+        try:
+            for source, target in ((weights, weights_file(path)), (param, path)):
+                with atomic_path(target) as out:
+                    shutil.copyfile(source, out)
+                written.append(target)
+        except GhostnetError:  # a .bin without its .param (or the reverse) is no model
+            for target in written:
+                target.unlink(missing_ok=True)
+            raise
     return [path, weights_file(path), write_sidecar(path, metadata or {})]
 
 
