@@ -160,7 +160,17 @@ def export(
 
     with tempfile.TemporaryDirectory(prefix="ghostnet-export-") as tmp:
         target = Path(tmp) / f"fp32{path.suffix}" if int8 else path
-        files = _write(fmt, deploy, target, input_size, batch_size, dynamic_batch, opset, metadata)
+        try:
+            files = _write(
+                fmt, deploy, target, input_size, batch_size, dynamic_batch, opset, metadata
+            )
+        except GhostnetError:  # a full disk mid-way: no model file without its partners
+            partners = [target] if fmt == "onnx" else [target, sidecar(target)]
+            if fmt == "ncnn":
+                partners.append(target.with_suffix(".bin"))
+            for partner in partners:
+                partner.unlink(missing_ok=True)
+            raise
 
         def recheck(settled: nn.Module) -> float:
             """The same pipeline for a well-conditioned copy (measured BN statistics)."""
