@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -33,6 +34,11 @@ def export_executorch(
 ) -> list[Path]:
     """``model`` lowered to XNNPACK through torch.export and written as a .pte program;
     the metadata goes beside it (``.pte.json``: a program holds no free-form strings)."""
+    pytree = logging.getLogger("torch.utils._pytree")
+    level = pytree.level
+    # torchao (imported by ExecuTorch) registers an Enum as a pytree constant, and torch
+    # logs a deprecation warning about it: not the user's to act on
+    pytree.setLevel(logging.ERROR)
     try:
         with quiet_native_output():  # the CPU probe at import prints ARM-only file names
             from executorch.backends.xnnpack.partition.xnnpack_partitioner import (
@@ -41,6 +47,8 @@ def export_executorch(
             from executorch.exir import to_edge_transform_and_lower
     except ImportError as exc:
         raise missing("executorch", "--format executorch", exc) from exc
+    finally:
+        pytree.setLevel(level)
     path = Path(path)
     example = (torch.randn(batch_size, *input_size),)
     try:
