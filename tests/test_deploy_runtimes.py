@@ -35,10 +35,12 @@ def _installed(fmt: str) -> bool:
     return all(importlib.util.find_spec(m) is not None for m in RUNTIMES[fmt])
 
 
-def _formats() -> list:
+def _formats(slow: tuple[str, ...] = ()) -> list:
     params = []
     for fmt in RUNTIMES:
         marks = [pytest.mark.skipif(not _installed(fmt), reason=f"ghostnet[{fmt}] not installed")]
+        if fmt in slow:
+            marks.append(pytest.mark.slow)
         if fmt == "litert":
             marks.append(pytest.mark.litert)
         params.append(pytest.param(fmt, marks=marks, id=fmt))
@@ -62,7 +64,8 @@ def _model(name: str) -> nn.Module:
     return randomise_bn(create_model(name, num_classes=10), SIZE).eval()
 
 
-@pytest.mark.parametrize("fmt", _formats())
+# ExecuTorch's and LiteRT's lowering takes 40-150 s per model on a 2-core CPU: slow
+@pytest.mark.parametrize("fmt", _formats(slow=("executorch", "litert")))
 @pytest.mark.parametrize("name", FAMILY)
 def test_family_exports_and_matches_pytorch(fmt, name, tmp_path):
     """The deploy form (V3 reparameterized, BN folded) on the real runtime agrees with the
