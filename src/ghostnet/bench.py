@@ -3,7 +3,11 @@ repeats, medians, and the machine/library versions (CPU flags included) with eve
 
 Backends: ``eager`` (the model as built, PyTorch), ``fused`` (BN folded, channels_last,
 PyTorch), ``compile`` (the fused model through torch.compile with frozen weights),
-``onnxruntime`` and ``openvino`` (both run the ONNX export of the fused model). Suffixes:
+``onnxruntime`` and ``openvino`` (both run the ONNX export of the fused model; ONNX Runtime
+with its idle threads not spinning, so interleaved sessions do not steal each other's
+cores), ``executorch`` (XNNPACK-delegated .pte), ``ncnn`` (pnnx) and ``litert`` (.tflite,
+XNNPACK delegate): each runs the file ``ghostnet export --format`` writes, with the bench's
+thread count as the runtime's own thread setting. Suffixes:
 ``-split`` (Ghost concatenations kept apart, ghostnet.split), ``-pad`` (split, and every
 part padded to the CPU's blocked-layout width: 16 channels with AVX-512, else 8),
 ``-kernel`` (``fused``/``compile`` only: each Ghost module's cheap op and concat run as one
@@ -26,14 +30,25 @@ from typing import Any
 import torch
 from torch import nn
 
-from .deploy import OnnxSession, export_onnx, fuse, quantize_onnx
+from .deploy import (
+    FORMATS,
+    OnnxSession,
+    export,
+    export_onnx,
+    fuse,
+    open_exported,
+    quantize_onnx,
+    settle_batchnorm,
+)
 from .errors import GhostnetError
 from .kernels import fuse_cheap_ops
 from .models import create_model, default_input_size, list_models
 from .reparam import reparameterize
 from .split import split_concats
 
-BACKENDS = ("eager", "fused", "compile", "onnxruntime", "openvino")
+BACKENDS = ("eager", "fused", "compile", "onnxruntime", "openvino", "executorch", "ncnn", "litert")
+# backends that run a file written by deploy.export in another format than ONNX
+_FILE_BACKENDS = {"executorch": "executorch", "ncnn": "ncnn", "litert": "litert"}
 # "-split" variants run the deploy form with Ghost concatenations kept apart (ghostnet.split)
 SPLIT_SUFFIX = "-split"
 # "-pad" variants split and also pad every part to a multiple of the runtime's channel block
@@ -208,6 +223,22 @@ def build_runner(
                 return eager(x.to(dtype))
 
         return run_eager
+    if base in _FILE_BACKENDS:
+        fmt = _FILE_BACKENDS[base]
+        suffix = FORMATS[fmt][0]
+        path = workdir / f"{id(model)}_b{batch}{'_' + layout if layout else ''}{suffix}"
+        if not path.exists():
+            pad_to = channel_block() if layout == "pad" else 0
+            export(
+                model,
+                fmt,
+                path,
+                input_size,
+                batch_size=batch,
+                split=bool(layout),
+                pad_channels=pad_to,
+            )
+        return open_exported(path, threads=threads)
     deploy = fuse(model)
     if layout == "kernel":
         deploy = fuse_cheap_ops(deploy)
@@ -237,29 +268,8 @@ def build_runner(
             quantize_onnx(path, int8_path, batches)
         path = int8_path
     if base == "onnxruntime":
-        return OnnxSession(path, threads=threads)
+        return OnnxSession(path, threads=threads, spinning=False)
     return _openvino_runner(path, threads, precision)
-
-
-def settle_batchnorm(model: nn.Module, input_size: Sequence[int], images: int = 4) -> nn.Module:
-    """Measure every BN's statistics on one batch of random images, then switch to eval.
-
-    The bench times random weights. With BN's initial statistics (mean 0, var 1) a deep
-    multi-branch net (a GhostNetV3 training form) reaches ~1e8 activations: float32 then
-    rounds differently on every runtime, so the ONNX check cannot tell a faithful export
-    from a broken one, and infinities or denormals would change the timings. Measured
-    statistics keep activations at a trained net's scale; the kernels timed are the same.
-    """
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    for norm in norms:
-        norm.reset_running_stats()
-        norm.momentum = None  # cumulative average: exactly this batch's statistics
-    if norms:
-        model.train()
-        generator = torch.Generator().manual_seed(0)
-        with torch.no_grad():
-            model(torch.randn(images, *input_size, generator=generator))
-    return model.eval()
 
 
 def copy_to(model: nn.Module, dtype: torch.dtype) -> nn.Module:

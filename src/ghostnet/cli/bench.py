@@ -47,7 +47,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help=f"comma-separated, from {', '.join(BACKENDS)}; a non-eager one may end in "
         "-split (Ghost concats kept apart) or -pad (split, parts padded to the CPU's channel "
         "block: fastest for Ghost models in onnxruntime); fused and compile may end in "
-        "-kernel (Ghost cheap op + concat as one C++ kernel; fp32 or bf16)",
+        "-kernel (Ghost cheap op + concat as one C++ kernel; fp32 or bf16); executorch, ncnn "
+        "and litert run the file `ghostnet export --format` writes (extras of those names)",
     )
     p.add_argument(
         "--precision",
@@ -55,7 +56,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="comma-separated from fp32, bf16 (eager/fused/compile/openvino; CPUs with "
         "avx512_bf16 or amx_bf16), int8 (onnxruntime/openvino: ONNX Runtime static INT8)",
     )
-    p.add_argument("--threads", type=int_at_least(1), default=2)
+    p.add_argument(
+        "--threads",
+        type=int_at_least(1),
+        default=2,
+        help="torch threads; ONNX Runtime intra-op threads (not spinning); ExecuTorch's "
+        "XNNPACK pool; ncnn and LiteRT num_threads (default 2)",
+    )
     p.add_argument("--repeats", type=int_at_least(1), default=20)
     p.add_argument("--warmup", type=int_at_least(0), default=3)
     p.add_argument("--json", metavar="FILE", help="write one record per model/backend/batch")

@@ -1,5 +1,5 @@
 """``ghostnet eval``: top-1/top-5/loss and per-class accuracy of a checkpoint (or, with
-``--backend onnxruntime``, an exported .onnx file, fp32 or INT8) on a data set."""
+an exported file: .onnx fp32 or INT8, .pte, ncnn .param, .tflite) on a data set."""
 
 from __future__ import annotations
 
@@ -19,15 +19,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "onnx_file",
         nargs="?",
-        metavar="MODEL.onnx",
-        help="with --backend onnxruntime: a file from `ghostnet export` (fp32 or --int8)",
+        metavar="EXPORTED_FILE",
+        help="a file from `ghostnet export` (.onnx fp32 or --int8, .pte, .param, .tflite): "
+        "its suffix picks the runtime",
     )
     p.add_argument("--checkpoint", help="last.pt or best.pt of a training run")
     p.add_argument(
         "--backend",
         default="torch",
-        choices=["torch", "onnxruntime"],
-        help="onnxruntime: evaluate MODEL.onnx on the CPU with ONNX Runtime",
+        choices=["torch", "onnxruntime", "executorch", "ncnn", "litert"],
+        help="the runtime of EXPORTED_FILE (default: from its suffix); torch: a checkpoint",
     )
     p.add_argument(
         "--precision",
@@ -52,46 +53,48 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def _load(args: argparse.Namespace) -> tuple[torch.nn.Module, dict, Preset, str]:
     """(model, {classes, model_spec}, preset, label) for the chosen backend."""
-    if args.backend == "onnxruntime":
-        from ..deploy import OnnxClassifier, OnnxSession
-
-        if not args.onnx_file or args.checkpoint:
-            raise GhostnetError(
-                "--backend onnxruntime evaluates a file: ghostnet eval --backend onnxruntime "
-                "MODEL.onnx --data DIR (no --checkpoint)"
-            )
-        if args.precision != "fp32":
-            raise GhostnetError(
-                "--precision applies to --backend torch; an ONNX file runs in the precision "
-                "it was exported in (export --int8 for INT8)"
-            )
-        ort_session = OnnxSession(args.onnx_file, threads=args.threads)
-        meta = ort_session.metadata
-        if "preset" not in meta or "classes" not in meta:
-            raise GhostnetError(
-                f"{args.onnx_file} has no ghostnet classes/preset metadata; export it from a "
-                "training checkpoint: ghostnet export --checkpoint best.pt"
-            )
-        kind = "int8" if "int8" in meta else "fp32"
-        info = {
-            "classes": meta["classes"],
-            "model_spec": meta.get("model_spec", {}),
-            "onnx_precision": kind,  # what the file computes in, not a torch flag
-        }
-        label = f"{args.onnx_file} (ONNX Runtime, {kind})"
-        return OnnxClassifier(ort_session), info, Preset.from_dict(meta["preset"]), label
-    if args.onnx_file:
-        raise GhostnetError(
-            f"{args.onnx_file}: an ONNX file needs --backend onnxruntime; a checkpoint goes "
-            "after --checkpoint"
-        )
+    if args.onnx_file or args.backend != "torch":
+        return _load_exported(args)
     if not args.checkpoint:
-        raise GhostnetError("give --checkpoint FILE (or --backend onnxruntime MODEL.onnx)")
+        raise GhostnetError(
+            "give --checkpoint FILE (or an exported MODEL.onnx/.pte/.param/.tflite)"
+        )
     if args.threads:
         torch.set_num_threads(args.threads)
     model, checkpoint = model_from_checkpoint(args.checkpoint)
     label = f"{checkpoint['model_spec']['name']}"
     return model, checkpoint, checkpoint_preset(checkpoint), label
+
+
+def _load_exported(args: argparse.Namespace) -> tuple[torch.nn.Module, dict, Preset, str]:
+    """An exported file on its runtime (chosen by suffix; --backend must agree)."""
+    from ..deploy import RuntimeClassifier, open_exported
+
+    if not args.onnx_file or args.checkpoint:
+        raise GhostnetError(
+            "an exported file is evaluated alone: ghostnet eval MODEL.onnx|.pte|.param|.tflite "
+            "--data DIR (no --checkpoint)"
+        )
+    if args.precision != "fp32":
+        raise GhostnetError(
+            "--precision applies to --backend torch; an exported file runs in the precision "
+            "it was exported in (export --int8 for INT8)"
+        )
+    session = open_exported(args.onnx_file, threads=args.threads, backend=args.backend)
+    meta = session.metadata
+    if not isinstance(meta.get("preset"), dict) or not isinstance(meta.get("classes"), list):
+        raise GhostnetError(
+            f"{args.onnx_file} has no ghostnet classes/preset metadata; export it from a "
+            "training checkpoint: ghostnet export --checkpoint best.pt"
+        )
+    kind = "int8" if "int8" in meta else "fp32"
+    info = {
+        "classes": meta["classes"],
+        "model_spec": meta.get("model_spec", {}),
+        "onnx_precision": kind,  # what the file computes in, not a torch flag
+    }
+    label = f"{args.onnx_file} ({session.runtime}, {kind})"
+    return RuntimeClassifier(session), info, Preset.from_dict(meta["preset"]), label
 
 
 def run(args: argparse.Namespace) -> int:

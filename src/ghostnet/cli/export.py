@@ -1,32 +1,34 @@
-"""``ghostnet export``: the deploy form (BN folded) as ONNX, checked against ONNX Runtime;
-with ``--int8``, statically quantized (QDQ, per-channel) on calibration images."""
+"""``ghostnet export``: the deploy form (reparameterized, BN folded) as ONNX, ExecuTorch
+(.pte), ncnn (.param + .bin) or LiteRT (.tflite), checked against PyTorch on that runtime;
+with ``--int8`` (ONNX), statically quantized (QDQ, per-channel) on calibration images."""
 
 from __future__ import annotations
 
 import argparse
-import tempfile
 from pathlib import Path
+
+import torch
 
 from ..checkpoint import model_from_checkpoint
 from ..data import Preset, choose_preset
 from ..deploy import (
     FLOAT_LAYER_GROUPS,
-    OnnxSession,
+    FORMATS,
+    Int8Options,
     calibration_batches,
-    check_onnx_output,
-    count_batchnorm,
-    export_onnx,
-    fuse,
-    onnx_op_counts,
-    quantize_onnx,
+    check_export_output,
+    export,
 )
 from ..errors import GhostnetError
-from ..split import split_concats
 from .common import add_model_args, input_size_for, int_at_least, parse_size, spec_from_args
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("export", help="export the deploy form to ONNX", description=__doc__)
+    p = sub.add_parser(
+        "export",
+        help="export the deploy form (ONNX, ExecuTorch, ncnn, LiteRT)",
+        description=__doc__,
+    )
     add_model_args(p, required=False)
     p.add_argument("--checkpoint", help="a training checkpoint (model, classes, preset)")
     p.add_argument("--pretrained", help="weights file for --model (or 'true': published)")
@@ -37,14 +39,30 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="a --pretrained file with raw and EMA weights: --ema (the default when it has "
         "both) loads the EMA copy, --no-ema the raw weights",
     )
-    p.add_argument("--format", default="onnx", choices=["onnx"])
-    p.add_argument("--out", required=True, help="output .onnx file")
+    p.add_argument(
+        "--format",
+        default="onnx",
+        choices=list(FORMATS),
+        help="onnx (ONNX Runtime), executorch (.pte, XNNPACK), ncnn (.param + .bin, pnnx), "
+        "litert (.tflite); each needs its extra: pip install 'ghostnet[FORMAT]'",
+    )
+    p.add_argument(
+        "--out",
+        required=True,
+        help="output file: .onnx, .pte, .param (ncnn: NAME.bin beside it) or .tflite; "
+        "formats without embedded metadata get FILE.json beside the file",
+    )
     group = p.add_mutually_exclusive_group()
     group.add_argument("--batch-size", type=int, default=1, help="fixed batch size (default 1)")
     group.add_argument("--dynamic-batch", action="store_true", help="any batch size")
     p.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's)")
     p.add_argument("--input-size", type=parse_size, help="C,H,W (default: the model's own)")
-    p.add_argument("--tolerance", type=float, default=1e-4, help="max |torch - ORT| accepted")
+    p.add_argument(
+        "--tolerance",
+        type=float,
+        default=1e-4,
+        help="max |PyTorch - runtime| accepted (of max(1, |output|))",
+    )
     p.add_argument(
         "--split",
         action="store_true",
@@ -108,10 +126,72 @@ def run(args: argparse.Namespace) -> int:
         )
     if args.pad_channels and not args.split:
         raise GhostnetError("--pad-channels pads the parts of a --split export; add --split")
-    out = check_onnx_output(args.out)
+    out = check_export_output(args.out, args.format)
+    if args.int8 and args.format != "onnx":
+        raise GhostnetError(f"--int8 is built for --format onnx; not {args.format}")
     if args.int8 and not Path(args.calibration).is_dir():
         raise GhostnetError(f"--calibration {args.calibration}: not a folder of images")
-    metadata: dict = {}
+    model, size, preset, metadata = _model(args)
+    int8 = None
+    if args.int8:
+        batches = calibration_batches(
+            args.calibration,
+            Preset.from_dict(preset),
+            args.calibration_images,
+            16 if args.dynamic_batch else args.batch_size,
+        )
+        int8 = Int8Options(batches, float_layers, args.calibration_method)
+    result = export(
+        model,
+        args.format,
+        out,
+        size,
+        metadata=metadata,
+        batch_size=args.batch_size,
+        dynamic_batch=args.dynamic_batch,
+        opset=args.opset,
+        split=args.split,
+        pad_channels=args.pad_channels or 0,
+        tolerance=args.tolerance,
+        int8=int8,
+    )
+    path, agreement = result.path, result.agreement
+    size_mb = sum(f.stat().st_size for f in result.files if f.suffix != ".json") / 1e6
+    ops = result.ops
+    line = (
+        f"wrote {path} ({size_mb:.1f} MB): input "
+        f"{'N' if args.dynamic_batch else args.batch_size}x{'x'.join(map(str, size))}"
+    )
+    if ops:
+        line += (
+            f", {sum(ops.values())} ops ({', '.join(f'{k} {v}' for k, v in sorted(ops.items()))})"
+        )
+    others = [str(f) for f in result.files if f != path]
+    if others:
+        line += f"; also {', '.join(others)}"
+    print(line)
+    before, after = result.batchnorm
+    print(
+        f"BN folded: {before} -> {after} BatchNorm layers; {agreement.runtime} vs PyTorch "
+        f"max abs diff {agreement.max_diff:.2e} (of max(1, |output|); limit {args.tolerance:g})"
+    )
+    if agreement.note:
+        print(f"check: {agreement.note}")
+    if args.int8:
+        summary = result.int8 or {}
+        print(
+            f"int8: {summary['int8_layers']} Conv/Gemm layers quantized (per-channel weights), "
+            f"{summary['float_nodes']} nodes kept float"
+            f"{' (' + ', '.join(float_layers) + ')' if float_layers else ''}; "
+            f"{args.calibration_method} ranges from {sum(len(b) for b in int8.batches)} images; "
+            f"top-1 agrees with fp32 on {result.int8_top1_agreement:.1f}% of them "
+            "(measure accuracy: ghostnet eval FILE.onnx --data DIR)"
+        )
+    return 0
+
+
+def _model(args: argparse.Namespace) -> tuple[torch.nn.Module, tuple[int, int, int], dict, dict]:
+    """(model, input size, preset, metadata) from --checkpoint or --model."""
     if args.checkpoint:
         model, checkpoint = model_from_checkpoint(args.checkpoint)
         recorded = checkpoint["model_spec"]
@@ -124,75 +204,12 @@ def run(args: argparse.Namespace) -> int:
         size = args.input_size or (3, side, side)
         preset = _recorded_preset(checkpoint["preset"], size)
         metadata = {"classes": checkpoint["classes"], "preset": preset, "model_spec": recorded}
-    elif args.model:
+        return model, size, preset, metadata
+    if args.model:
         spec = spec_from_args(args)
         pretrained = {"true": True, None: False}.get(args.pretrained, args.pretrained)
         model = spec.build(pretrained=pretrained, ema=args.ema)
         size = input_size_for(args, spec)
         preset = choose_preset("auto", size[1:], size[1]).to_dict()
-        metadata = {"preset": preset, "model_spec": spec.to_dict()}
-    else:
-        raise GhostnetError("give --model NAME or --checkpoint FILE")
-    model.eval()
-    deploy = fuse(model)
-    if args.split:
-        deploy = split_concats(deploy, size, pad_to=args.pad_channels or 0)
-    with tempfile.TemporaryDirectory(prefix="ghostnet-export-") as tmp:
-        fp32_out = Path(tmp) / "fp32.onnx" if args.int8 else out
-        path, diff = export_onnx(
-            deploy,
-            fp32_out,
-            size,
-            batch_size=args.batch_size,
-            dynamic_batch=args.dynamic_batch,
-            opset=args.opset,
-            metadata=metadata,
-            reference=model,
-            tolerance=args.tolerance,
-        )
-        if args.int8:
-            batches = calibration_batches(
-                args.calibration,
-                Preset.from_dict(preset),
-                args.calibration_images,
-                16 if args.dynamic_batch else args.batch_size,
-            )
-            summary = quantize_onnx(
-                fp32_out,
-                out,
-                batches,
-                float_layers=float_layers,
-                method=args.calibration_method,
-            )
-            agree = _top1_agreement(fp32_out, out, batches)
-            path = out
-    ops = onnx_op_counts(path)
-    print(
-        f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB): input "
-        f"{'N' if args.dynamic_batch else args.batch_size}x{'x'.join(map(str, size))}, "
-        f"{sum(ops.values())} ops ({', '.join(f'{k} {v}' for k, v in sorted(ops.items()))})"
-    )
-    print(
-        f"BN folded: {count_batchnorm(model)} -> {count_batchnorm(deploy)} BatchNorm layers; "
-        f"ONNX Runtime vs PyTorch max abs diff {diff:.2e} (limit {args.tolerance:g})"
-    )
-    if args.int8:
-        print(
-            f"int8: {summary['int8_layers']} Conv/Gemm layers quantized (per-channel weights), "
-            f"{summary['float_nodes']} nodes kept float"
-            f"{' (' + ', '.join(float_layers) + ')' if float_layers else ''}; "
-            f"{args.calibration_method} ranges from {sum(len(b) for b in batches)} images; "
-            f"top-1 agrees with fp32 on {agree:.1f}% of them "
-            "(measure accuracy: ghostnet eval --backend onnxruntime FILE.onnx --data DIR)"
-        )
-    return 0
-
-
-def _top1_agreement(fp32: Path, int8: Path, batches: list) -> float:
-    """Percent of the calibration images whose top-1 class is the same in both files."""
-    a, b = OnnxSession(fp32), OnnxSession(int8)
-    same = total = 0
-    for batch in batches:
-        same += int((a(batch).argmax(1) == b(batch).argmax(1)).sum())
-        total += len(batch)
-    return 100.0 * same / total
+        return model, size, preset, {"preset": preset, "model_spec": spec.to_dict()}
+    raise GhostnetError("give --model NAME or --checkpoint FILE")

@@ -9,7 +9,7 @@ import torch
 
 from ..checkpoint import checkpoint_preset, model_from_checkpoint
 from ..data import Preset, build_transform, load_images_for_prediction
-from ..deploy import OnnxSession
+from ..deploy import open_exported
 from ..errors import GhostnetError
 from .common import int_at_least, print_json
 
@@ -20,14 +20,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "images",
         nargs="+",
         metavar="IMAGE_OR_DIR",
-        help="images or folders (with --backend onnxruntime: FILE.onnx first)",
+        help="images or folders; or an exported file first (.onnx, .pte, .param, .tflite)",
     )
     p.add_argument("--checkpoint", help="a training checkpoint (last.pt/best.pt)")
     p.add_argument(
         "--backend",
         default="torch",
-        choices=["torch", "onnxruntime"],
-        help="onnxruntime: run an exported FILE.onnx (from `ghostnet export`)",
+        choices=["torch", "onnxruntime", "executorch", "ncnn", "litert"],
+        help="run an exported file (from `ghostnet export`) on this runtime; an exported "
+        "file given first picks its runtime by suffix without this flag",
     )
     p.add_argument("--topk", type=int_at_least(1), default=5)
     p.add_argument("--batch-size", type=int_at_least(1), default=64)
@@ -37,23 +38,48 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def _load(args: argparse.Namespace) -> tuple[Callable, list[str], Preset, list[str]]:
     """(model callable, class names, preset, remaining inputs) for the chosen backend."""
-    if args.backend == "onnxruntime":
-        onnx_file, *inputs = args.images
-        if not inputs:
-            raise GhostnetError("give the ONNX file first, then images or folders")
-        ort_session = OnnxSession(onnx_file)
-        preset = ort_session.metadata.get("preset")
-        if preset is None:
-            raise GhostnetError(
-                f"{onnx_file} has no ghostnet preset metadata; export it with `ghostnet export`"
-            )
-        classes = ort_session.metadata.get("classes")
-        classes = classes or [str(i) for i in range(ort_session.session.get_outputs()[0].shape[1])]
-        return ort_session, classes, Preset.from_dict(preset), inputs
+    exported = _exported_file(args)
+    if exported is not None:
+        return _load_exported(exported, args)
     if not args.checkpoint:
-        raise GhostnetError("give --checkpoint FILE (or --backend onnxruntime FILE.onnx)")
+        raise GhostnetError(
+            "give --checkpoint FILE (or an exported FILE.onnx/.pte/.param/.tflite first)"
+        )
     model, checkpoint = model_from_checkpoint(args.checkpoint)
     return model, checkpoint["classes"], checkpoint_preset(checkpoint), args.images
+
+
+_EXPORTED_SUFFIXES = (".onnx", ".pte", ".param", ".bin", ".tflite")
+
+
+def _exported_file(args: argparse.Namespace) -> str | None:
+    """The exported model file given first (or any first input with --backend X)."""
+    first = args.images[0]
+    if args.backend != "torch" or first.endswith(_EXPORTED_SUFFIXES):
+        return first
+    return None
+
+
+def _load_exported(
+    path: str, args: argparse.Namespace
+) -> tuple[Callable, list[str], Preset, list[str]]:
+    inputs = args.images[1:]
+    if not inputs:
+        raise GhostnetError(f"give the exported file first ({path}), then images or folders")
+    session = open_exported(path, backend=args.backend)
+    preset = session.metadata.get("preset")
+    if not isinstance(preset, dict):
+        raise GhostnetError(
+            f"{path} has no ghostnet preset metadata; export it with `ghostnet export`"
+        )
+    classes = session.metadata.get("classes")
+    if not isinstance(classes, list):  # exported from --model: classes are indices
+        fixed = session.input_shape[0]
+        side = preset["input_size"]
+        size = session.metadata.get("input_size") or [3, side, side]
+        probe = torch.zeros(fixed if isinstance(fixed, int) else 1, *size)
+        classes = [str(i) for i in range(session(probe).shape[1])]
+    return session, classes, Preset.from_dict(preset), inputs
 
 
 def run(args: argparse.Namespace) -> int:
