@@ -133,7 +133,7 @@ def _header_problem(image: Path, mask: Path) -> str | None:
         with Image.open(mask) as m:
             mask_size, mode = m.size, m.mode
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
-        return f"{image.stem}: unreadable ({str(exc).splitlines()[0][:120]})"
+        return f"{image}: unreadable ({str(exc).splitlines()[0][:120]})"
     if mask_size != image_size:
         return (
             f"{mask}: mask is {mask_size[0]}x{mask_size[1]}, its image "

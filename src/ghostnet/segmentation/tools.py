@@ -88,7 +88,7 @@ def segment(model: nn.Module, image: Image.Image, size: int) -> np.ndarray:
     """Label map (H, W uint8) of ``image`` at its own size: the model runs at ``size`` x
     ``size`` and its logits are resized back (bilinear) before the argmax."""
     rgb = image.convert("RGB")
-    x = _normalise(np.asarray(rgb.resize((size, size), Image.BILINEAR), dtype=np.uint8))
+    x = _normalise(np.array(rgb.resize((size, size), Image.BILINEAR), dtype=np.uint8))
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     model.eval()
     logits = model(x.to(device))["out"]
