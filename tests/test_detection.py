@@ -16,9 +16,9 @@ from PIL import Image
 from ghostnet.config import TrainConfig
 from ghostnet.detection import KINDS, create_detector
 from ghostnet.detection.data import DetectionDataset, open_split
+from ghostnet.detection.evaluate import detector_from_checkpoint
 from ghostnet.detection.synth import make_cifar_detection
 from ghostnet.detection.tools import export_dense
-from ghostnet.detection.evaluate import detector_from_checkpoint
 from ghostnet.errors import GhostnetError
 from ghostnet.train import fit
 
@@ -317,9 +317,8 @@ def test_class_agnostic_map_separates_wrong_classes_from_missed_boxes(tmp_path):
 def test_init_weights_start_backbone_or_whole_detector(tmp_path):
     """A classifier's weights (its 10-class head left out) start the detector's backbone;
     a detection checkpoint's weights start the whole detector."""
-    from ghostnet.detection.evaluate import load_detector_init
-
     from ghostnet.checkpoint import FORMAT
+    from ghostnet.detection.evaluate import load_detector_init
     from ghostnet.models import create_model
 
     torch.manual_seed(1)
