@@ -18,7 +18,7 @@ import torch
 
 from ghostnet import GhostnetError
 from ghostnet.checkpoint import atomic_save, read_checkpoint
-from ghostnet.engine import RECIPES, TrainConfig, build_scheduler, config_from, fit
+from ghostnet.train import RECIPES, TrainConfig, build_scheduler, config_from, fit
 
 from .imagegen import make_image_folder
 
@@ -299,7 +299,10 @@ def test_collectives_use_the_training_device(small_data, tmp_path, monkeypatch):
     """A run in a simulated 2-process world: every tensor handed to a collective is on the
     model's device (the NCCL bug: metric tensors made on the CPU). Collectives itself
     refuses a tensor on another device, so on a GPU the same mistake fails at once."""
-    import ghostnet.engine as engine
+    import torch.distributed as dist
+
+    import ghostnet.train.loop as loop
+    from ghostnet.train import Collectives, Dist, Meters
 
     seen: list[torch.device] = []
 
@@ -307,26 +310,22 @@ def test_collectives_use_the_training_device(small_data, tmp_path, monkeypatch):
         seen.append(tensor.device)
         tensor.mul_(2)  # the other, identical rank
 
-    monkeypatch.setattr(engine, "init_distributed", lambda kind: engine.Dist(0, 2, 0))
-    monkeypatch.setattr(engine.dist, "all_reduce", all_reduce)
-    monkeypatch.setattr(engine.dist, "broadcast", lambda t, src: seen.append(t.device))
+    monkeypatch.setattr(loop, "init_distributed", lambda kind, timeout: Dist(0, 2, 0))
+    monkeypatch.setattr(dist, "all_reduce", all_reduce)
+    monkeypatch.setattr(dist, "broadcast", lambda t, src: seen.append(t.device))
     monkeypatch.setattr(
-        engine.dist, "all_gather_object", lambda out, obj: out.__setitem__(slice(None), [obj] * 2)
+        dist, "all_gather_object", lambda out, obj: out.__setitem__(slice(None), [obj] * 2)
     )
-    monkeypatch.setattr(engine.dist, "is_initialized", lambda: False)
-    monkeypatch.setattr(engine, "wrap_for_training", lambda run, model: model)
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(loop, "wrap_for_training", lambda model, ddp, device, compile: model)
     fit(_small_config(small_data, tmp_path / "run", log_every=2))
     assert seen and all(d == torch.device("cpu") for d in seen)
 
-    meta = engine.Collectives(engine.Dist(0, 2, 0), torch.device("meta"))
+    meta = Collectives(Dist(0, 2, 0), torch.device("meta"))
     with pytest.raises(RuntimeError, match="the run trains on meta"):
         meta.sum(torch.zeros(3))  # a CPU tensor handed to a GPU-style collective
-    meters = engine.Meters(torch.device("meta"))
-    meters.update(
-        torch.zeros((), device="meta"),
-        torch.zeros(4, 2, device="meta"),
-        torch.zeros(4, dtype=torch.long, device="meta"),
-    )
+    meters = Meters(torch.device("meta"), ("correct",))
+    meters.update(torch.zeros((), device="meta"), 4, torch.zeros(1, device="meta"))
     seen.clear()
     meta.sum(meters.sums)
     assert seen == [torch.device("meta")]
@@ -429,16 +428,16 @@ def test_failed_start_leaves_nothing_behind(small_data, tmp_path):
 
 
 def test_interrupt_writes_summary_and_curves(small_data, tmp_path, monkeypatch):
-    import ghostnet.engine as engine
+    from ghostnet.train.loop import StopRequested
 
-    real_enter = engine.StopRequested.__enter__
+    real_enter = StopRequested.__enter__
 
     def enter(self):
         real_enter(self)
         self.signal = signal.SIGINT  # as if Ctrl-C came during the first step
         return self
 
-    monkeypatch.setattr(engine.StopRequested, "__enter__", enter)
+    monkeypatch.setattr(StopRequested, "__enter__", enter)
     out = tmp_path / "run"
     with pytest.raises(KeyboardInterrupt):
         fit(_small_config(small_data, out, epochs=2))
@@ -492,7 +491,7 @@ def test_ema_copies_integer_buffers():
     """The EMA averages floats and copies integer buffers (averaging 11 in integers gave 10)."""
     from torch.optim.swa_utils import AveragedModel
 
-    from ghostnet.engine import ema_update
+    from ghostnet.train import ema_update
 
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
     model.register_buffer("layout", torch.tensor([11, 3, 7]))
@@ -512,8 +511,6 @@ def test_compile_trains_saves_plain_keys_and_resumes(small_data, tmp_path, monke
     cores, so the test compiles with the ``aot_eager`` backend (same tracing, autograd and
     graph breaks, no code generation); benchmarks/trainer_throughput.py --compile runs the
     real inductor path."""
-    import ghostnet.engine as engine
-
     compiled: list[torch.nn.Module] = []
     real_compile = torch.compile
 
@@ -521,7 +518,7 @@ def test_compile_trains_saves_plain_keys_and_resumes(small_data, tmp_path, monke
         compiled.append(model)
         return real_compile(model, backend="aot_eager", **kwargs)
 
-    monkeypatch.setattr(engine.torch, "compile", compile_for_test)
+    monkeypatch.setattr(torch, "compile", compile_for_test)
     plain, fast = tmp_path / "plain", tmp_path / "compiled"
     fit(_small_config(small_data, plain, epochs=2))
     fit(_small_config(small_data, fast, epochs=2, compile=True))

@@ -15,7 +15,7 @@ import torch
 
 from ghostnet import GhostnetError, safe_io
 from ghostnet.checkpoint import read_checkpoint
-from ghostnet.engine import config_from, fit
+from ghostnet.train import config_from, fit
 
 from .imagegen import make_image_folder
 

@@ -193,6 +193,14 @@ class TrainConfig:
         resume="free",
     )
     sync_bn: bool = option(False, "torchrun on CUDA: BatchNorm over all processes", group="runtime")
+    dist_timeout: float = option(
+        1800.0,
+        "torchrun: seconds a collective may wait for the other processes before the run "
+        "ends with one line (a dead or hung peer); passed to init_process_group",
+        low=1,
+        group="runtime",
+        resume="free",
+    )
     seed: int = option(0, "seed of data order, augmentation and init", low=0, group="runtime")
     workers: int = option(0, "data loader processes", low=0, group="runtime", resume="free")
     device: str = option(
