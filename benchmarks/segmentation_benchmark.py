@@ -82,9 +82,11 @@ def train(args: argparse.Namespace) -> None:
     warmup = max(1, steps // 20)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer,
-        lambda s: (s + 1) / warmup
-        if s < warmup
-        else 0.5 * (1 + math.cos(math.pi * (s - warmup) / max(1, steps - warmup))),
+        lambda s: (
+            (s + 1) / warmup
+            if s < warmup
+            else 0.5 * (1 + math.cos(math.pi * (s - warmup) / max(1, steps - warmup)))
+        ),
     )
     out = Path(args.out) / args.model
     history = []
@@ -184,8 +186,10 @@ def compare(args: argparse.Namespace) -> None:
         "rows": rows,
     }
     write_text(Path(args.out) / "compare.json", json.dumps(record, indent=2))
-    print(f"| model (LR-ASPP, {args.size}x{args.size}) | mIoU | pixel acc | params | MMACs "
-          "| 1-thread ms | train CPU s |")
+    print(
+        f"| model (LR-ASPP, {args.size}x{args.size}) | mIoU | pixel acc | params | MMACs "
+        "| 1-thread ms | train CPU s |"
+    )
     print("|---|---|---|---|---|---|---|")
     for name, r in rows.items():
         print(

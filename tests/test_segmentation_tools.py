@@ -56,7 +56,6 @@ def test_predict_writes_overlay_png(tmp_path: Path, model: torch.nn.Module) -> N
     assert sum(results[0].classes_found.values()) == pytest.approx(1.0, abs=1e-3)
 
 
-@pytest.mark.slow  # torch.export's tracing: ~40 s on a shared 2-core CPU
 def test_onnx_export_agrees(tmp_path: Path, model: torch.nn.Module) -> None:
     import onnxruntime as ort
 
