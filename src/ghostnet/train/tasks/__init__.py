@@ -6,7 +6,7 @@ from typing import Any
 
 from ...errors import GhostnetError
 from ..task import TASKS, Task
-from . import classification, detection  # noqa: F401  (each registers itself)
+from . import classification, detection, segmentation  # noqa: F401  (each registers itself)
 
 
 def get_task(name: str) -> type[Task]:
