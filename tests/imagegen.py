@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -30,4 +31,40 @@ def make_image_folder(
                 Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(
                     folder / f"{i:04d}.png"
                 )
+    return root
+
+
+def write_coco(root: Path, images: int = 6, seed: int = 0, size: int = 64) -> Path:
+    """A tiny COCO 2017 layout set: coloured squares (class = colour) on noise."""
+    rng = np.random.default_rng(seed)
+    colours = [(230, 30, 30), (30, 200, 30)]
+    for split in ("train", "val"):
+        (root / f"{split}2017").mkdir(parents=True, exist_ok=True)
+        imgs, anns = [], []
+        for i in range(images):
+            pixels = rng.integers(0, 80, size=(size, size, 3)).astype(np.uint8)
+            for _ in range(int(rng.integers(1, 3))):
+                c = int(rng.integers(2))
+                side = int(rng.integers(12, 28))
+                x, y = (int(v) for v in rng.integers(0, size - side, size=2))
+                pixels[y : y + side, x : x + side] = colours[c]
+                anns.append(
+                    {
+                        "id": len(anns) + 1,
+                        "image_id": i + 1,
+                        "category_id": c + 1,
+                        "bbox": [x, y, side, side],
+                        "area": side * side,
+                        "iscrowd": 0,
+                    }
+                )
+            Image.fromarray(pixels).save(root / f"{split}2017" / f"{i}.png")
+            imgs.append({"id": i + 1, "file_name": f"{i}.png", "width": size, "height": size})
+        coco = {
+            "images": imgs,
+            "annotations": anns,
+            "categories": [{"id": 1, "name": "red"}, {"id": 2, "name": "green"}],
+        }
+        (root / "annotations").mkdir(exist_ok=True)
+        (root / "annotations" / f"instances_{split}2017.json").write_text(json.dumps(coco))
     return root

@@ -8,10 +8,8 @@ import json
 import logging
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from ghostnet.config import TrainConfig
 from ghostnet.detection import KINDS, create_detector
@@ -22,46 +20,10 @@ from ghostnet.detection.tools import export_dense
 from ghostnet.errors import GhostnetError
 from ghostnet.train import fit
 
-from .imagegen import make_image_folder
+from .imagegen import make_image_folder, write_coco
 
 BACKBONE = "resnet20_cifar"  # small and quick to trace; levels at 1/1, 1/2, 1/4
 SIZE = 64
-
-
-def write_coco(root: Path, images: int = 6, seed: int = 0, size: int = SIZE) -> Path:
-    """A tiny COCO 2017 layout set: coloured squares (class = colour) on noise."""
-    rng = np.random.default_rng(seed)
-    colours = [(230, 30, 30), (30, 200, 30)]
-    for split in ("train", "val"):
-        (root / f"{split}2017").mkdir(parents=True, exist_ok=True)
-        imgs, anns = [], []
-        for i in range(images):
-            pixels = rng.integers(0, 80, size=(size, size, 3)).astype(np.uint8)
-            for _ in range(int(rng.integers(1, 3))):
-                c = int(rng.integers(2))
-                side = int(rng.integers(12, 28))
-                x, y = (int(v) for v in rng.integers(0, size - side, size=2))
-                pixels[y : y + side, x : x + side] = colours[c]
-                anns.append(
-                    {
-                        "id": len(anns) + 1,
-                        "image_id": i + 1,
-                        "category_id": c + 1,
-                        "bbox": [x, y, side, side],
-                        "area": side * side,
-                        "iscrowd": 0,
-                    }
-                )
-            Image.fromarray(pixels).save(root / f"{split}2017" / f"{i}.png")
-            imgs.append({"id": i + 1, "file_name": f"{i}.png", "width": size, "height": size})
-        coco = {
-            "images": imgs,
-            "annotations": anns,
-            "categories": [{"id": 1, "name": "red"}, {"id": 2, "name": "green"}],
-        }
-        (root / "annotations").mkdir(exist_ok=True)
-        (root / "annotations" / f"instances_{split}2017.json").write_text(json.dumps(coco))
-    return root
 
 
 @pytest.mark.slow  # four detectors, each exported and checked in ONNX Runtime

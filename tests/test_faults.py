@@ -239,7 +239,7 @@ def test_lock_is_dropped_when_the_owner_dies(tmp_path):
     lock.release()
 
 
-@pytest.mark.parametrize("damage", ["truncated", "bit-flipped header", "zeroed"])
+@pytest.mark.parametrize("damage", ["truncated", "bit-flipped header", "zeroed", "bit-flipped data"])
 def test_resume_of_a_damaged_last_pt_falls_back_to_last_prev(small_data, tmp_path, caplog, damage):
     """Two epochs: last.pt (epoch 2) and last.prev.pt (epoch 1). last.pt damaged: --resume
     warns naming it and why, continues from last.prev.pt (epoch 1); the rest is untouched."""
@@ -252,12 +252,16 @@ def test_resume_of_a_damaged_last_pt_falls_back_to_last_prev(small_data, tmp_pat
         data = data[: len(data) // 2]
     elif damage == "bit-flipped header":
         data[0] ^= 0x01  # the zip signature
+    elif damage == "bit-flipped data":
+        data[len(data) // 2] ^= 0x04  # inside tensor storage: still unpickles
     else:
         data = bytearray(len(data))
     last.write_bytes(bytes(data))
     prev_sha, best_sha = _sha(out / "last.prev.pt"), _sha(out / "best.pt")
     summary = fit(_config(small_data, out, epochs=3), resume=last)
     assert f"resume: skipped {last}: " in caplog.text
+    if damage == "bit-flipped data":
+        assert "its SHA-256 differs from last.pt.sha256" in caplog.text
     assert f"continuing from {out / 'last.prev.pt'} (epoch 1, step 0)" in caplog.text
     assert summary["epochs_done"] == 3
     assert read_checkpoint(last)["epoch"] == 3

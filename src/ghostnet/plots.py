@@ -9,43 +9,26 @@ from .safe_io import atomic_path
 
 
 def plot_curves(history: list[dict[str, Any]], path: str | Path, title: str = "") -> Path:
-    """Loss and top-1 per epoch (train vs eval) and the learning rate, saved as a PNG."""
+    """Loss and the task's metrics per epoch (train vs eval) and the learning rate (PNG)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     epochs = [h["epoch"] for h in history]
-
-    def series(key: str) -> list[float] | None:
-        # each task logs its own columns (top-1 for classifiers, mIoU, mAP...): plot those
-        values = [h.get(key) for h in history]
-        ok = all(isinstance(v, (int, float)) for v in values)
-        return [float(v) for v in values] if ok else None  # type: ignore[arg-type]
-
     fig, (ax_loss, ax_acc, ax_lr) = plt.subplots(1, 3, figsize=(14, 4), constrained_layout=True)
-    for key, label in (("train_loss", "train objective"), ("eval_loss", "eval cross-entropy")):
-        if (values := series(key)) is not None:
-            ax_loss.plot(epochs, values, marker="o", label=label)
+    ax_loss.plot(epochs, [h["train_loss"] for h in history], marker="o", label="train objective")
+    if "eval_loss" in history[0]:
+        ax_loss.plot(epochs, [h["eval_loss"] for h in history], marker="o", label="eval loss")
     # the training objective is cross-entropy only without a teacher and mixing: KD adds
     # its T^2-scaled KL term, so the two curves need not share a scale
     ax_loss.set(xlabel="epoch", ylabel="loss", title="loss")
-    if series("eval_top1") is not None:
-        metrics = [
-            ("train_top1", "train top-1"),
-            ("eval_top1", "eval top-1"),
-            ("eval_top5", "eval top-5"),
-        ]
-        ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
-    else:
-        names = sorted(
-            k for k in history[0] if k.startswith(("train_", "eval_")) and "loss" not in k
-        )
-        metrics = [(k, k.replace("_", " ")) for k in names if k != "train_images_per_s"]
-        ax_acc.set(xlabel="epoch", title="metrics")
-    for key, label in metrics:
-        if (values := series(key)) is not None:
-            ax_acc.plot(epochs, values, marker="o", label=label)
+    # every other metric column of the task (train_top1, eval_top1, eval_mAP, ...)
+    skip = {"train_loss", "eval_loss", "train_images_per_s"}
+    metrics = [k for k in history[0] if k.startswith(("train_top", "eval_")) and k not in skip]
+    for key in metrics:
+        ax_acc.plot(epochs, [h[key] for h in history], marker="o", label=key.replace("_", " "))
+    ax_acc.set(xlabel="epoch", ylabel="metric", title="metrics")
     ax_lr.plot(epochs, [h["lr"] for h in history], marker="o", color="tab:purple")
     ax_lr.set(xlabel="epoch", ylabel="learning rate", title="LR at the end of each epoch")
     ax_lr.grid(alpha=0.3)

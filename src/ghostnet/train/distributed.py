@@ -78,7 +78,7 @@ class Collectives:
                 f"collective on a tensor on {tensor.device}, the run trains on {self.device}"
             )
 
-    def _lost(self, exc: BaseException) -> PeerLost:
+    def lost(self, exc: BaseException) -> PeerLost:
         first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         return PeerLost(
             f"rank {self.ddp.rank}: another process of the job stopped answering (collective "
@@ -94,7 +94,7 @@ class Collectives:
             try:
                 dist.all_reduce(tensor)
             except (RuntimeError, dist.DistBackendError) as exc:
-                raise self._lost(exc) from None
+                raise self.lost(exc) from None
         return tensor
 
     def agree(self, *flags: bool | torch.Tensor) -> list[bool]:
@@ -112,7 +112,7 @@ class Collectives:
                 try:
                     dist.broadcast(buffer, 0)
                 except (RuntimeError, dist.DistBackendError) as exc:
-                    raise self._lost(exc) from None
+                    raise self.lost(exc) from None
 
     def gather_objects(self, obj: object) -> list[object]:
         """``obj`` of every process, in rank order, on every process."""
@@ -122,7 +122,7 @@ class Collectives:
         try:
             dist.all_gather_object(gathered, obj)
         except (RuntimeError, dist.DistBackendError) as exc:
-            raise self._lost(exc) from None
+            raise self.lost(exc) from None
         return gathered
 
 

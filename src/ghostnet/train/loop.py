@@ -341,7 +341,12 @@ def train_one_epoch(
                     "skipping unreadable image (named once, see skipped_images.txt): %s", path
                 )
                 state.skipped_images.append(path)
-        train_step(run, state, train_model, batch)
+        try:
+            train_step(run, state, train_model, batch)
+        except (RuntimeError, dist.DistBackendError) as exc:  # DDP's gradient all-reduce
+            if run.ddp.enabled and _peer_failure(exc):
+                raise run.collectives.lost(exc) from None
+            raise
         state.global_step += 1
         state.step_in_epoch = step + 1
         now = time.perf_counter()
@@ -369,6 +374,14 @@ def train_one_epoch(
             bar.close()
             raise Stopped() if stopping else StepBudget()
     bar.close()
+
+
+def _peer_failure(exc: BaseException) -> bool:
+    """Whether a training-step error is a collective that lost its peers (gloo/NCCL)."""
+    text = str(exc).lower()
+    return isinstance(exc, dist.DistBackendError) or any(
+        word in text for word in ("gloo", "nccl", "connection", "timed out", "timeout", "peer")
+    )
 
 
 def train_step(run: RunInfo, state: TrainState, train_model: nn.Module, batch: object) -> None:

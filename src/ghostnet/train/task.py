@@ -129,14 +129,16 @@ class Task(ABC):
         """Refuse, in one line, any option this task does not honour that is set to other
         than its default. Tasks extend it with their own combinations."""
         supported = cls.supported_options()
-        for f in dataclasses.fields(TrainConfig):
-            if f.name in supported:
-                continue
-            if getattr(config, f.name) != default_of(f):
-                flag = "--" + f.name.replace("_", "-")
-                raise GhostnetError(
-                    f"{flag} is not supported by --task {cls.name}; drop it, or train another task"
-                )
+        refused = [
+            "--" + f.name.replace("_", "-")
+            for f in dataclasses.fields(TrainConfig)
+            if f.name not in supported and getattr(config, f.name) != default_of(f)
+        ]
+        if refused:
+            raise GhostnetError(
+                f"{', '.join(refused)} {'is' if len(refused) == 1 else 'are'} not supported by "
+                f"--task {cls.name}; drop {'it' if len(refused) == 1 else 'them'}"
+            )
 
     # ------------------------------------------------------------ training
 
