@@ -68,3 +68,41 @@ def write_coco(root: Path, images: int = 6, seed: int = 0, size: int = 64) -> Pa
         (root / "annotations").mkdir(exist_ok=True)
         (root / "annotations" / f"instances_{split}2017.json").write_text(json.dumps(coco))
     return root
+
+
+def write_voc(
+    root: Path, count: int = 4, size: tuple[int, int] = (40, 30), classes: int = 3, seed: int = 0
+) -> Path:
+    """A tiny Pascal VOC-layout segmentation set: noise with one coloured rectangle (class =
+    colour) per image, palette masks with a row of 255 above it, train.txt = val.txt, and
+    classes.txt."""
+    from ghostnet.segmentation.data import IGNORE_INDEX, voc_palette
+
+    rng = np.random.default_rng(seed)
+    for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    ids = [f"im{i:02d}" for i in range(count)]
+    w, h = size
+    for i, stem in enumerate(ids):
+        label = 1 + i % (classes - 1)
+        pixels = rng.normal(128, 40, size=(h, w, 3))
+        top, left = int(rng.integers(2, h // 3)), int(rng.integers(0, w // 3))
+        pixels[top : top + h // 2, left : left + w // 2] = COLOURS[label % len(COLOURS)]
+        Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(
+            root / "JPEGImages" / f"{stem}.jpg", quality=95
+        )
+        mask = np.zeros((h, w), dtype=np.uint8)
+        mask[top : top + h // 2, left : left + w // 2] = label
+        mask[top - 1, left : left + w // 2] = IGNORE_INDEX
+        write_mask(root / "SegmentationClass" / f"{stem}.png", mask, voc_palette())
+    for split in ("train", "val"):
+        (root / "ImageSets" / "Segmentation" / f"{split}.txt").write_text("\n".join(ids) + "\n")
+    names = ["background", *[f"c{k}" for k in range(1, classes)]]
+    (root / "classes.txt").write_text("\n".join(names) + "\n")
+    return root
+
+
+def write_mask(path: Path, labels: np.ndarray, palette: list[int]) -> None:
+    image = Image.fromarray(labels, mode="P")
+    image.putpalette(palette)
+    image.save(path)

@@ -23,37 +23,12 @@ from ghostnet.segmentation.data import (
     voc_palette,
 )
 
-
-def write_voc(
-    root: Path, count: int = 4, size: tuple[int, int] = (40, 30), classes: int = 3
-) -> Path:
-    """A tiny VOC folder: random images, palette masks with a labelled rectangle and a 255
-    border, listed in train.txt and val.txt, and classes.txt."""
-    rng = np.random.default_rng(0)
-    for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
-        (root / sub).mkdir(parents=True, exist_ok=True)
-    ids = [f"im{i:02d}" for i in range(count)]
-    w, h = size
-    for i, stem in enumerate(ids):
-        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(
-            root / "JPEGImages" / f"{stem}.jpg"
-        )
-        mask = np.zeros((h, w), dtype=np.uint8)
-        mask[5:20, 5:25] = 1 + i % (classes - 1)
-        mask[4, 4:26] = IGNORE_INDEX
-        write_mask(root / "SegmentationClass" / f"{stem}.png", mask)
-    for split in ("train", "val"):
-        (root / "ImageSets" / "Segmentation" / f"{split}.txt").write_text("\n".join(ids) + "\n")
-    (root / "classes.txt").write_text(
-        "\n".join(["background", *[f"c{k}" for k in range(1, classes)]])
-    )
-    return root
+from . import imagegen
+from .imagegen import write_voc
 
 
 def write_mask(path: Path, labels: np.ndarray) -> None:
-    image = Image.fromarray(labels, mode="P")
-    image.putpalette(voc_palette())
-    image.save(path)
+    imagegen.write_mask(path, labels, voc_palette())
 
 
 def test_good_folder_loads_with_joint_transforms(tmp_path: Path) -> None:

@@ -99,3 +99,12 @@ def test_torchvision_reference() -> None:
 def test_bad_arguments_are_one_line(call, message: str) -> None:
     with pytest.raises(GhostnetError, match=message):
         call()
+
+
+def test_groupnorm_backbone_gets_a_groupnorm_head() -> None:
+    spec = SegmenterSpec(
+        "fcn", "timm:resnet18", 3, backbone_kwargs={"norm_layer": "groupnorm"}, aux=True
+    )
+    model = spec.build()
+    kinds = {type(m).__name__ for m in model.modules()}
+    assert "GroupNorm" in kinds and "BatchNorm2d" not in kinds

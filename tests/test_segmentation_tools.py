@@ -17,7 +17,8 @@ from ghostnet.segmentation.tools import (
     overlay,
     predict_images,
 )
-from tests.test_segmentation_data import write_voc
+
+from .imagegen import write_voc
 
 
 @pytest.fixture(scope="module")

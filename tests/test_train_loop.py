@@ -23,7 +23,7 @@ import torch
 
 from ghostnet.checkpoint import read_checkpoint
 
-from .imagegen import make_image_folder, write_coco
+from .imagegen import make_image_folder, write_coco, write_voc
 
 PYTHON = sys.executable
 
@@ -57,6 +57,20 @@ CASES = {
             *("--task", "detection", "--detector", "retinanet", "--input-size", "64"),
             *("--model", "timm:resnet18", "--model-kwarg", "norm_layer=groupnorm"),
             *("--fpn-channels", "32", "--lr", "0.002"),
+        ],
+    ),
+    "segmentation": Case(
+        lambda root: write_voc(root, count=6, size=(40, 40)),
+        [
+            *("--task", "segmentation", "--segmenter", "lraspp"),
+            *("--model", "timm:mobilenetv3_small_050", "--input-size", "32"),
+            *("--epochs", "2", "--batch-size", "2", "--lr", "0.01"),
+        ],
+        3,  # 6 images / 2
+        [
+            *("--task", "segmentation", "--segmenter", "fcn", "--input-size", "32"),
+            *("--model", "timm:resnet18", "--model-kwarg", "norm_layer=groupnorm"),
+            *("--output-stride", "16", "--lr", "0.01"),
         ],
     ),
 }

@@ -9,11 +9,12 @@
 - ``fcn``: ``FCNHead`` on the last level (output stride 8 by default).
 
 ``deeplabv3`` and ``fcn`` take an optional auxiliary ``FCNHead`` on the second-last level
-(``aux=True``), as torchvision's ``aux_loss``. Logits are upsampled (bilinear) to the input
-size. ``forward`` returns a dict like torchvision's segmentation models, ``{"out": logits}``
-(plus ``"aux"`` when the model has an auxiliary head), so one training loop feeds ours and
-torchvision's reference models alike; :class:`LogitsOnly` gives the plain tensor for
-export.
+(``aux=True``), as torchvision's ``aux_loss``. With ``backbone_kwargs={"norm_layer":
+"groupnorm"}`` (timm) the heads' BatchNorms become GroupNorm as well. Logits are upsampled
+(bilinear) to the input size. ``forward`` returns a dict like torchvision's segmentation
+models, ``{"out": logits}`` (plus ``"aux"`` when the model has an auxiliary head), so one
+training loop feeds ours and torchvision's reference models alike; :class:`LogitsOnly`
+gives the plain tensor for export.
 
 ``kind="torchvision:NAME"`` builds torchvision's own model NAME (e.g.
 ``lraspp_mobilenet_v3_large``) with ``weights=None, weights_backbone=None``: the reference
@@ -22,6 +23,7 @@ the benchmark trains the same way.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -215,14 +217,32 @@ def create_segmenter(
                 f"{reductions}"
             )
         head = LRASPPHead(channels[lows[0]], channels[high], num_classes, inter_channels)
-        return Segmenter(kind, body, head, high, low=lows[0])
-    head = (
-        DeepLabHead(channels[high], num_classes)
-        if kind == "deeplabv3"
-        else FCNHead(channels[high], num_classes)
-    )
-    aux_head = FCNHead(channels[high - 1], num_classes) if aux and high >= 1 else None
-    return Segmenter(kind, body, head, high, aux_head=aux_head, aux_level=high - 1)
+        model = Segmenter(kind, body, head, high, low=lows[0])
+    else:
+        head = (
+            DeepLabHead(channels[high], num_classes)
+            if kind == "deeplabv3"
+            else FCNHead(channels[high], num_classes)
+        )
+        aux_head = FCNHead(channels[high - 1], num_classes) if aux and high >= 1 else None
+        model = Segmenter(kind, body, head, high, aux_head=aux_head, aux_level=high - 1)
+    if (backbone_kwargs or {}).get("norm_layer") in ("groupnorm", "gn"):
+        _group_norm_like_backbone(model.head)
+        if model.aux_head is not None:
+            _group_norm_like_backbone(model.aux_head)
+    return model
+
+
+def _group_norm_like_backbone(head: nn.Module) -> None:
+    """The head's BatchNorms as GroupNorm (32 groups where the width allows), in place: a
+    backbone built with ``norm_layer=groupnorm`` gets a head without batch statistics too,
+    so the whole model is independent of how a batch is split across processes."""
+    for name, child in list(head.named_children()):
+        if isinstance(child, nn.BatchNorm2d):
+            channels = child.num_features
+            setattr(head, name, nn.GroupNorm(math.gcd(32, channels), channels))
+        else:
+            _group_norm_like_backbone(child)
 
 
 def segmenter_params(model: nn.Module) -> int:

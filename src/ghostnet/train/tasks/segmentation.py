@@ -163,8 +163,10 @@ class SegmentationTask(Task):
         images = self._images(batch.images, device)
         masks = batch.masks.to(device, non_blocking=True)
         out = model(images)
-        # summed over labelled pixels / their count: a batch that is all 255 gives 0, not NaN
-        valid = (masks != IGNORE_INDEX).sum().clamp(min=1)
+        # summed over the labelled pixels / all pixels of the batch (ignored ones add 0): a
+        # constant divisor, so processes splitting a batch average to the same loss and
+        # gradient as one process, and an all-255 batch gives 0, not NaN
+        pixels = masks.numel()
         logits = out["out"].float()
         smoothing = self.config.label_smoothing
 
@@ -177,18 +179,19 @@ class SegmentationTask(Task):
                     reduction="sum",
                     label_smoothing=smoothing,
                 )
-                / valid
+                / pixels
             )
 
         main = ce(logits)
         loss = main
         if "aux" in out and self.config.aux_loss > 0:
             loss = loss + self.config.aux_loss * ce(out["aux"].float())
-        with torch.no_grad():
-            labelled = masks != IGNORE_INDEX
-            correct = ((logits.argmax(1) == masks) & labelled).sum() / valid
         n = len(images)
-        return StepOutput(loss, n, torch.stack([main.detach(), correct.float()]) * n)
+        with torch.no_grad():  # per-image pixel accuracy, summed over the batch's images
+            labelled = masks != IGNORE_INDEX
+            correct = ((logits.argmax(1) == masks) & labelled).flatten(1).sum(1)
+            accuracy = (correct / labelled.flatten(1).sum(1).clamp(min=1)).sum()
+        return StepOutput(loss, n, torch.stack([main.detach() * n, accuracy.float()]))
 
     @torch.no_grad()
     def evaluate(
