@@ -68,7 +68,8 @@ CASES = {
         ],
         3,  # 6 images / 2
         [
-            *("--task", "segmentation", "--segmenter", "fcn", "--input-size", "32"),
+            # LR-ASPP: no dropout in the head (FCN's and DeepLab's draw per process)
+            *("--task", "segmentation", "--segmenter", "lraspp", "--input-size", "32"),
             *("--model", "timm:resnet18", "--model-kwarg", "norm_layer=groupnorm"),
             *("--output-stride", "16", "--lr", "0.01"),
         ],

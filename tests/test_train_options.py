@@ -27,9 +27,9 @@ from ghostnet.train.loop import RunInfo, build_state, open_run, train_step
 from ghostnet.train.optim import build_optimizer, build_scheduler
 from ghostnet.train.state import TrainState
 
-from .imagegen import make_image_folder, write_coco
+from .imagegen import make_image_folder, write_coco, write_voc
 
-TASKS = ("classification", "detection")
+TASKS = ("classification", "detection", "segmentation")
 TESTS = Path(__file__).parent
 
 Probe = Callable[[RunInfo, TrainState], object]
@@ -96,6 +96,16 @@ def _eval_count(run: RunInfo) -> int:
     return (
         len(task.eval_indices) if hasattr(task, "eval_indices") else len(task.eval_loader.sampler)
     )
+
+
+def _input_size(run: RunInfo, state: TrainState) -> object:
+    """The shape of the first training batch's images (the side --input-size sets)."""
+    images = _first_batch(run, state)
+    return [tuple(i.shape) for i in images] if isinstance(images, list) else tuple(images.shape)
+
+
+def _output_stride(run: RunInfo, state: TrainState) -> object:
+    return state.model.backbone.feature_info.reduction()
 
 
 def _ema(run: RunInfo, state: TrainState) -> object:
@@ -176,6 +186,10 @@ HONOURED: dict[str, tuple[object, dict[str, object], Probe | str]] = {
     "detector": ("retinanet", {}, _model),
     "fpn_channels": (48, {}, _model),
     "head_convs": (2, {}, _model),
+    # segmentation
+    "segmenter": ("deeplabv3", {}, _model),
+    "output_stride": (16, {"model": "vgg16_cifar"}, _output_stride),
+    "aux_loss": (0.5, {}, _model),
 }
 
 CHANGED_FOR_REFUSAL = {
@@ -207,11 +221,15 @@ def files(tmp_path_factory) -> dict[str, Path]:
     torch.manual_seed(123)
     torch.save(create_model("resnet20_cifar", num_classes=3).state_dict(), root / "init.pt")
     other_coco = write_coco(root / "coco_other", images=6, seed=1)
+    voc = write_voc(root / "voc", count=4, size=(32, 32))
+    other_voc = write_voc(root / "voc_other", count=6, size=(32, 32), seed=1)
     return {
         "images": images,
         "other": other,
         "coco": coco,
         "other_coco": other_coco,
+        "voc": voc,
+        "other_voc": other_voc,
         "teacher": root / "teacher.pt",
         "init": root / "init.pt",
         "root": root,
@@ -222,6 +240,14 @@ def _base(task: str, files: dict[str, Path]) -> dict[str, object]:
     common = dict(model="resnet20_cifar", epochs=2, batch_size=2, lr=0.05, quiet=True, device="cpu")
     if task == "classification":
         return {**common, "data": str(files["images"])}
+    if task == "segmentation":
+        return {
+            **common,
+            "data": str(files["voc"]),
+            "task": "segmentation",
+            "segmenter": "fcn",
+            "input_size": 32,
+        }
     return {
         **common,
         "data": str(files["coco"]),
@@ -237,7 +263,9 @@ def _resolve(value: object, task: str, files: dict[str, Path]) -> object:
     names = {
         "TEACHER": str(files["teacher"]),
         "INIT": str(files["init"]),
-        "OTHER": str(files["other" if task == "classification" else "other_coco"]),
+        "OTHER": str(
+            files[{"classification": "other", "detection": "other_coco"}.get(task, "other_voc")]
+        ),
     }
     return names.get(value, value) if isinstance(value, str) else value
 
