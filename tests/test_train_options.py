@@ -36,7 +36,8 @@ Probe = Callable[[RunInfo, TrainState], object]
 
 
 def _hyper(optimizer: torch.optim.Optimizer) -> object:
-    groups = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
+    skip = ("params", "initial_lr")  # initial_lr: set by the scheduler the run builds
+    groups = [{k: v for k, v in g.items() if k not in skip} for g in optimizer.param_groups]
     return type(optimizer).__name__, groups
 
 
