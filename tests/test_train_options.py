@@ -35,20 +35,25 @@ TESTS = Path(__file__).parent
 Probe = Callable[[RunInfo, TrainState], object]
 
 
-def _optimizer(run: RunInfo, state: TrainState) -> object:
-    opt = state.optimizer
-    return type(opt).__name__, [
-        {k: v for k, v in g.items() if k != "params"} for g in opt.param_groups
-    ]
+def _hyper(optimizer: torch.optim.Optimizer) -> object:
+    skip = ("params", "initial_lr")  # initial_lr: set by the scheduler the run builds
+    groups = [{k: v for k, v in g.items() if k not in skip} for g in optimizer.param_groups]
+    return type(optimizer).__name__, groups
 
 
-def _lr_plan(run: RunInfo, state: TrainState) -> object:
-    optimizer = build_optimizer(torch.nn.Linear(1, 1), run.config)
-    scheduler = build_scheduler(optimizer, run.config, run.steps_per_epoch)
+def _optimizer(config: TrainConfig) -> object:
+    """The loop builds the optimizer from the config alone, the same for every task
+    (``test_loop_builds_optimizer_and_schedule_from_the_config`` checks it does)."""
+    return _hyper(build_optimizer(torch.nn.Conv2d(1, 1, 1), config))
+
+
+def _lr_plan(config: TrainConfig, steps_per_epoch: int = 3) -> object:
+    optimizer = build_optimizer(torch.nn.Linear(1, 1), config)
+    scheduler = build_scheduler(optimizer, config, steps_per_epoch)
     lrs = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        for _ in range(run.config.epochs * run.steps_per_epoch):
+        for _ in range(config.epochs * steps_per_epoch):
             optimizer.step()
             scheduler.step()
             lrs.append(round(optimizer.param_groups[0]["lr"], 12))
@@ -84,11 +89,13 @@ def _memory_format(run: RunInfo, state: TrainState) -> object:
 
 
 def _sizes(run: RunInfo, state: TrainState) -> object:
-    return (
-        len(run.data.train_set),
-        run.steps_per_epoch,
-        run.task.evaluate.__self__ and _eval_count(run),
-    )
+    return len(run.data.train_set), run.steps_per_epoch, _eval_count(run)
+
+
+def _input_size(run: RunInfo, state: TrainState) -> object:
+    if run.task.name == "detection":  # the detector's own resize
+        return run.task.spec.image_size
+    return _first_batch(run, state).shape
 
 
 def _eval_count(run: RunInfo) -> int:
@@ -143,7 +150,7 @@ HONOURED: dict[str, tuple[object, dict[str, object], Probe | str]] = {
     "ema": (0.5, {}, _ema),
     "amp": ("bf16", {}, _after_one_step),
     "seed": (7, {}, _after_one_step),
-    "model_kwargs": ({"depth": 32}, {}, _model),
+    "model_kwargs": ({"width": 0.5}, {"model": "mobilenetv2_cifar"}, _model),
     "ghostify": ({"ratio": 2}, {}, _model),
     "init_weights": ("INIT", {}, _model),
     "train_subset": (2, {}, _sizes),
@@ -161,7 +168,7 @@ HONOURED: dict[str, tuple[object, dict[str, object], Probe | str]] = {
     "log_every": (1, {}, "test_engine.py::test_progress_lines_and_augmentation"),
     "quiet": (False, {}, "test_engine.py::test_progress_lines_and_augmentation"),
     "recipe": ("cifar-fast", {}, "test_engine.py::test_recipes_and_overrides"),
-    "model": ("vgg16_cifar", {}, _model),
+    "model": ("resnet32_cifar", {}, _model),
     "data": ("OTHER", {}, _sizes),
     "out": ("elsewhere", {}, lambda run, state: run.out.name),
     "task": (None, {}, "test_train_options.py::test_task_picks_its_task_object"),
@@ -183,8 +190,8 @@ HONOURED: dict[str, tuple[object, dict[str, object], Probe | str]] = {
     "input_size": (24, {}, _input_size),
     "strict_data": (True, {}, lambda run, state: run.data.train_set.strict),
     # detection
-    "detector": ("retinanet", {}, _model),
-    "fpn_channels": (48, {}, _model),
+    "detector": ("retinanet", {"head_convs": 4}, _model),
+    "fpn_channels": (64, {}, _model),
     "head_convs": (2, {}, _model),
     # segmentation
     "segmenter": ("deeplabv3", {}, _model),
@@ -255,7 +262,7 @@ def _base(task: str, files: dict[str, Path]) -> dict[str, object]:
         "detector": "fcos",
         "fpn_channels": 32,
         "head_convs": 1,
-        "input_size": 64,
+        "input_size": 32,
     }
 
 
@@ -280,6 +287,10 @@ def _probe(task: str, files: dict[str, Path], values: dict[str, object], probe: 
         return probe(run, state)
     finally:
         run.task.close()
+
+
+def _with_out(values: dict[str, object], files: dict[str, Path]) -> dict[str, object]:
+    return {"out": str(files["root"] / "run"), **values}
 
 
 BASELINES: dict[tuple[str, str, Probe], object] = {}
@@ -330,12 +341,36 @@ def test_option(task, name, files):
     if name == "sync_bn":
         assert "needs CUDA" in str(_probe(task, files, {**base, name: changed}, probe))
         return
+    if probe in (_optimizer, _lr_plan):  # the config alone decides: no run needed
+        before = probe(TrainConfig(**_with_out(base, files)))
+        after = probe(TrainConfig(**_with_out({**base, name: changed}, files)))
+        assert _differs(before, after), f"--{name} {changed!r} changed nothing for {task}"
+        return
     key = (task, repr(sorted(extra.items())), probe)
     if key not in BASELINES:  # shared by the fields with the same base and probe
         BASELINES[key] = _probe(task, files, base, probe)
     before = BASELINES[key]
     after = _probe(task, files, {**base, name: changed}, probe)
     assert _differs(before, after), f"--{name} {changed!r} changed nothing for {task}"
+
+
+def test_loop_builds_optimizer_and_schedule_from_the_config(files):
+    """For every task the run's optimizer is the one the config alone gives, and its
+    schedule steps through the config's plan: the config-only probes above hold."""
+    for task in TASKS:
+        values = {**_base(task, files), "out": str(files["root"] / "o"), "sched": "step"}
+        values["milestones"] = [1]
+        run, state = open_run(TrainConfig(**values), None, None, False, None)
+        assert _hyper(state.optimizer) == _optimizer(run.config)
+        lrs = []
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            for _ in range(run.config.epochs * run.steps_per_epoch):
+                state.optimizer.step()
+                state.scheduler.step()
+                lrs.append(round(state.optimizer.param_groups[0]["lr"], 12))
+        assert lrs == _lr_plan(run.config, run.steps_per_epoch)
+        run.task.close()
 
 
 def test_task_picks_its_task_object(files):

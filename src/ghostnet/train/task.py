@@ -189,8 +189,9 @@ class Task(ABC):
         rebuilds the model (e.g. model_spec, classes, preset)."""
 
     def summary(self, last_eval: dict[str, Any], best: dict[str, Any]) -> dict[str, Any]:
-        """This task's entries of summary.json."""
-        return {"final": last_eval, "best": best}
+        """This task's entries of summary.json (``best``: {best_metric: value, "epoch": N},
+        epoch -1 while no epoch was evaluated)."""
+        return {"final": last_eval, "best": best if best.get("epoch", -1) > 0 else None}
 
     def close(self) -> None:  # noqa: B027
         """Undo what ``prepare`` set up (hooks); called once, also after a failure."""

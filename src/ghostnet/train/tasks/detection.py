@@ -118,7 +118,7 @@ class DetectionTask(Task):
             "mAP": last_eval.get("mAP"),
             "mAP50": last_eval.get("mAP50"),
             "final": last_eval,
-            "best": best,
+            "best": best if best.get("epoch", -1) > 0 else None,
             "init_weights": self.config.init_weights,
             "unreadable_images": list(self.train_set.bad),
         }
