@@ -105,12 +105,6 @@ def _eval_count(run: RunInfo) -> int:
     )
 
 
-def _input_size(run: RunInfo, state: TrainState) -> object:
-    """The shape of the first training batch's images (the side --input-size sets)."""
-    images = _first_batch(run, state)
-    return [tuple(i.shape) for i in images] if isinstance(images, list) else tuple(images.shape)
-
-
 def _output_stride(run: RunInfo, state: TrainState) -> object:
     return state.model.backbone.feature_info.reduction()
 
