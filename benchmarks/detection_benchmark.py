@@ -4,7 +4,7 @@ the CIFAR detection set; reports mAP@0.5, mAP, params, MACs (backbone + FPN + de
 torch.utils.flop_counter) and CPU latency of the whole detector at 256x256.
 ``--init-weights`` starts the backbone from a classifier trained first (on CIFAR-10 at
 32x32: the pasted objects are CIFAR images). A run interrupted at any point continues with
---resume (fit_detection's last.pt).
+--resume (the run's last.pt).
 
     .venv/bin/python benchmarks/make_cifar_detection.py --out /work/runs/cifar_det \
         --train 400 --val 100 --seed 0
@@ -28,8 +28,9 @@ from torch.utils.flop_counter import FlopCounterMode
 from ghostnet.config import TrainConfig
 from ghostnet.detection import DenseCore
 from ghostnet.detection.data import open_split
-from ghostnet.detection.train import detector_from_checkpoint, evaluate_detector, fit_detection
+from ghostnet.detection.evaluate import detector_from_checkpoint, evaluate_detector
 from ghostnet.errors import GhostnetError
+from ghostnet.train import fit
 
 BACKBONES = ("ghostnet_100", "torchvision:mobilenet_v3_large")
 
@@ -141,7 +142,7 @@ def main() -> int:
         if not summary_file.exists() and not done:
             if last.exists() and not args.resume:
                 raise SystemExit(f"{out} holds a run: pass --resume to continue it")
-            fit_detection(config, resume=last if last.exists() else None, max_steps=args.steps)
+            fit(config, resume=last if last.exists() else None, max_steps=args.steps)
         wall = time.perf_counter() - start
         model, checkpoint = detector_from_checkpoint(last)
         scores = evaluate_detector(model, open_split(args.data, "val"), torch.device("cpu"))

@@ -1,5 +1,5 @@
 """Distil the refined inherited Ghost-ResNet-20 (``--refine-steps 300``) from its original,
-with feature-map distillation: the same ``engine.fit`` call ``ghostnet compress`` makes,
+with feature-map distillation: the same ``train.fit`` call ``ghostnet compress`` makes,
 run on its own so that several distillation settings share one inherit.
 
 ``--init`` is the ``inherited.pt`` of
@@ -73,9 +73,9 @@ not record it, the monkeypatch is outside the trainer's config.)
 import argparse
 import logging
 
-from ghostnet import engine
 from ghostnet.config import config_from
-from ghostnet.engine import fit
+from ghostnet.train import ClassificationTask, fit
+from ghostnet.train.tasks.classification import build_classifier
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--out", required=True)
@@ -116,6 +116,9 @@ parser.add_argument(
     "each cheap op (GhostNetV3 keeps 3)",
 )
 args = parser.parse_args()
+# the student's builder, handed to the classification task (model_factory): the
+# experiments below wrap it; the package's own build is the default
+student_factory = build_classifier
 if args.reparam:  # an experiment: over-parameterised training form, same deploy model
     import torch
     from torch import nn
@@ -149,7 +152,7 @@ if args.reparam:  # an experiment: over-parameterised training form, same deploy
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return self.conv(x) + sum(b(x) for b in self.branches)
 
-    real_build = engine.build_model
+    real_build = student_factory
 
     def build_reparam_model(config, classes, preset):
         model, spec, counts = real_build(config, classes, preset)
@@ -163,7 +166,7 @@ if args.reparam:  # an experiment: over-parameterised training form, same deploy
                 module.cheap_operation = Branches(cheap, [1, cheap.kernel_size[0], *extra])
         return model, spec, counts
 
-    engine.build_model = build_reparam_model
+    student_factory = build_reparam_model
 if args.anneal_steps:  # an experiment: each Ghost layer blended with its (frozen) original
     import torch
     from torch import nn
@@ -187,7 +190,7 @@ if args.anneal_steps:  # an experiment: each Ghost layer blended with its (froze
             alpha = max(0.0, 1.0 - self.step.item() / self.steps)
             return y + alpha * (self.conv(x) - y) if alpha > 0 else y
 
-    real_build_model = engine.build_model
+    real_build_model = student_factory
 
     def build_model(config, classes, preset):
         model, spec, counts = real_build_model(config, classes, preset)
@@ -200,7 +203,7 @@ if args.anneal_steps:  # an experiment: each Ghost layer blended with its (froze
                 setattr(model.get_submodule(parent) if parent else model, leaf, blend)
         return model, spec, counts
 
-    engine.build_model = build_model
+    student_factory = build_model
 
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
 
@@ -237,5 +240,5 @@ config = config_from(
     kd_feature_weight=args.weight,
     quiet=True,
 )
-summary = fit(config)
+summary = fit(config, task=ClassificationTask(config, model_factory=student_factory))
 print("top-1", summary["top1"])

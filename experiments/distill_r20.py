@@ -1,5 +1,5 @@
 """Distil the inherited Ghost-ResNet-20 of r20_c0 (BN re-estimated) from its original:
-the same engine.fit call `ghostnet compress` makes, run on its own to skip compress's
+the same train.fit call `ghostnet compress` makes, run on its own to skip compress's
 repeated inherit + evaluations (already in r20_c0/summary.json)."""
 
 import json

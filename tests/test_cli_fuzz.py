@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from ghostnet.cli import main
 from ghostnet.cli.train import _base_type
 from ghostnet.config import flag_fields
-from ghostnet.engine import config_from, fit
+from ghostnet.train import config_from, fit
 
 from .imagegen import make_image_folder
 

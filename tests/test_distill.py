@@ -12,7 +12,7 @@ import torch
 from ghostnet import GhostnetError, ModelSpec, create_model
 from ghostnet.checkpoint import read_checkpoint
 from ghostnet.distill import FeatureMatch, TrainLoss, kd_loss, load_teacher
-from ghostnet.engine import config_from, fit
+from ghostnet.train import config_from, fit
 
 from .imagegen import make_image_folder
 
@@ -88,10 +88,10 @@ def test_run_with_teacher(data_and_teacher, tmp_path, monkeypatch):
     """The teacher runs in eval mode, without gradients, once per batch; it is not in the
     student's checkpoint; a resumed run rebuilds it."""
     data, teacher_path = data_and_teacher
-    import ghostnet.engine as engine
+    import ghostnet.train.tasks.classification as classification
 
     calls: list[tuple[bool, bool]] = []
-    real_load = engine.load_teacher
+    real_load = classification.load_teacher
 
     def counting_load(*args, **kwargs):
         teacher = real_load(*args, **kwargs)
@@ -100,7 +100,7 @@ def test_run_with_teacher(data_and_teacher, tmp_path, monkeypatch):
         )
         return teacher
 
-    monkeypatch.setattr(engine, "load_teacher", counting_load)
+    monkeypatch.setattr(classification, "load_teacher", counting_load)
     out = tmp_path / "student"
     config = config_from(
         None,

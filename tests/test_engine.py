@@ -1,4 +1,6 @@
-"""Trainer: exact resume after SIGKILL, DDP (gloo) vs one process, recipes, checkpoints."""
+"""Trainer (classification through the one loop): outputs, resume policy, recipes,
+schedules, collectives, non-finite losses, run folders. Exact resume after SIGKILL and
+2 processes vs 1 for every task: tests/test_train_loop.py."""
 
 from __future__ import annotations
 
@@ -6,10 +8,8 @@ import csv
 import json
 import math
 import os
-import random
 import signal
 import socket
-import subprocess
 import sys
 from pathlib import Path
 
@@ -18,7 +18,7 @@ import torch
 
 from ghostnet import GhostnetError
 from ghostnet.checkpoint import atomic_save, read_checkpoint
-from ghostnet.engine import RECIPES, TrainConfig, build_scheduler, config_from, fit
+from ghostnet.train import RECIPES, TrainConfig, build_scheduler, config_from, fit
 
 from .imagegen import make_image_folder
 
@@ -73,44 +73,6 @@ def _env() -> dict[str, str]:
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory) -> Path:
     return make_image_folder(tmp_path_factory.mktemp("data"), classes=3, per_class=16, size=32)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("seed", [11])
-def test_sigkill_mid_run_then_resume_is_bit_identical(tiny_data, tmp_path, seed):
-    """GhostNet (dropout) + EMA, checkpoint every step: the process SIGKILLs itself right
-    after a step drawn from a seeded RNG (GHOSTNET_KILL_AT_STEP, before that step's
-    checkpoint), then resumes; the final state equals an uninterrupted run's bit for bit."""
-    reference = tmp_path / "reference"
-    subprocess.run(_train_cmd(tiny_data, reference), check=True, env=_env(), capture_output=True)
-    total_steps = 4 * 6  # 4 epochs x ceil(48 / 8)
-    kill_at = random.Random(seed).randrange(2, total_steps - 1)
-    run = tmp_path / "killed"
-    proc = subprocess.run(
-        _train_cmd(tiny_data, run),
-        env={**_env(), "GHOSTNET_KILL_AT_STEP": str(kill_at)},
-        capture_output=True,
-    )
-    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
-    killed_at = read_checkpoint(run / "last.pt")
-    assert killed_at["global_step"] == kill_at - 1  # the killed step's work was lost
-    assert not (run / "summary.json").exists()
-    subprocess.run(
-        _train_cmd(tiny_data, run, "--resume"), check=True, env=_env(), capture_output=True
-    )
-
-    a, b = read_checkpoint(reference / "last.pt"), read_checkpoint(run / "last.pt")
-    for key in ("model", "ema"):
-        assert a[key].keys() == b[key].keys()
-        for name in a[key]:
-            assert torch.equal(a[key][name], b[key][name]), f"{key}.{name} differs"
-    for state_a, state_b in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
-        assert torch.equal(state_a["momentum_buffer"], state_b["momentum_buffer"])
-    drop = {"train_images_per_s", "epoch_s"}
-    strip = [lambda h: {k: v for k, v in h.items() if k not in drop}]
-    assert [strip[0](h) for h in a["history"]] == [strip[0](h) for h in b["history"]]
-    rows = _csv(run / "metrics.csv")
-    assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4]
 
 
 def test_outputs_of_a_run(tiny_data, tmp_path):
@@ -170,70 +132,6 @@ def test_resume_with_other_model_or_data_is_refused(tiny_data, tmp_path):
     moved = config_from(None, model="resnet20_cifar", data=str(elsewhere), out=str(out), epochs=1)
     with pytest.raises(GhostnetError, match="data="):
         fit(moved, resume=out / "last.pt")
-
-
-@pytest.mark.slow
-def test_ddp_two_processes_match_one_process(tiny_data, tmp_path):
-    """2 gloo processes x batch 8 vs 1 process x batch 16: the same samples per step and
-    averaged gradients, so the losses agree to float rounding (stated tolerance: 1e-5
-    relative). The model uses GroupNorm: with BatchNorm each process normalises over its own
-    8 images (on CUDA --sync-bn makes them global), a real difference of the method."""
-    pytest.importorskip("timm")
-    common = [
-        "--model",
-        "timm:resnet18",
-        "--model-kwarg",
-        "norm_layer=groupnorm",
-        "--data",
-        str(tiny_data),
-        "--epochs",
-        "2",
-        "--lr",
-        "0.02",
-        "--seed",
-        "5",
-        "--quiet",
-    ]
-    one = tmp_path / "one"
-    subprocess.run(
-        [PYTHON, "-m", "ghostnet", "train", *common, "--batch-size", "16", "--out", str(one)],
-        check=True,
-        env=_env(),
-        capture_output=True,
-    )
-    two = tmp_path / "two"
-    result = subprocess.run(
-        [
-            PYTHON,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node=2",
-            "--master_port",
-            str(_free_port()),
-            "-m",
-            "ghostnet",
-            "train",
-            *common,
-            "--batch-size",
-            "8",
-            "--out",
-            str(two),
-        ],
-        env=_env(),
-        capture_output=True,
-        text=True,
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    rows_one = _csv(one / "metrics.csv")
-    rows_two = _csv(two / "metrics.csv")
-    assert len(rows_one) == len(rows_two) == 2
-    for a, b in zip(rows_one, rows_two):
-        assert float(b["train_loss"]) == pytest.approx(float(a["train_loss"]), rel=1e-5)
-        assert float(b["eval_loss"]) == pytest.approx(float(a["eval_loss"]), rel=1e-5)
-    assert float(rows_two[1]["train_loss"]) < float(rows_two[0]["train_loss"])  # it learns
-    summary = json.loads((two / "summary.json").read_text())
-    assert summary["world_size"] == 2
-    assert summary["eval_images"] == 12  # every eval sample counted exactly once
 
 
 def test_atomic_save_keeps_previous_file_on_failure(tmp_path):
@@ -299,7 +197,10 @@ def test_collectives_use_the_training_device(small_data, tmp_path, monkeypatch):
     """A run in a simulated 2-process world: every tensor handed to a collective is on the
     model's device (the NCCL bug: metric tensors made on the CPU). Collectives itself
     refuses a tensor on another device, so on a GPU the same mistake fails at once."""
-    import ghostnet.engine as engine
+    import torch.distributed as dist
+
+    import ghostnet.train.loop as loop
+    from ghostnet.train import Collectives, Dist, Meters
 
     seen: list[torch.device] = []
 
@@ -307,26 +208,22 @@ def test_collectives_use_the_training_device(small_data, tmp_path, monkeypatch):
         seen.append(tensor.device)
         tensor.mul_(2)  # the other, identical rank
 
-    monkeypatch.setattr(engine, "init_distributed", lambda kind: engine.Dist(0, 2, 0))
-    monkeypatch.setattr(engine.dist, "all_reduce", all_reduce)
-    monkeypatch.setattr(engine.dist, "broadcast", lambda t, src: seen.append(t.device))
+    monkeypatch.setattr(loop, "init_distributed", lambda kind, timeout: Dist(0, 2, 0))
+    monkeypatch.setattr(dist, "all_reduce", all_reduce)
+    monkeypatch.setattr(dist, "broadcast", lambda t, src: seen.append(t.device))
     monkeypatch.setattr(
-        engine.dist, "all_gather_object", lambda out, obj: out.__setitem__(slice(None), [obj] * 2)
+        dist, "all_gather_object", lambda out, obj: out.__setitem__(slice(None), [obj] * 2)
     )
-    monkeypatch.setattr(engine.dist, "is_initialized", lambda: False)
-    monkeypatch.setattr(engine, "wrap_for_training", lambda run, model: model)
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(loop, "wrap_for_training", lambda model, ddp, device, compile: model)
     fit(_small_config(small_data, tmp_path / "run", log_every=2))
     assert seen and all(d == torch.device("cpu") for d in seen)
 
-    meta = engine.Collectives(engine.Dist(0, 2, 0), torch.device("meta"))
+    meta = Collectives(Dist(0, 2, 0), torch.device("meta"))
     with pytest.raises(RuntimeError, match="the run trains on meta"):
         meta.sum(torch.zeros(3))  # a CPU tensor handed to a GPU-style collective
-    meters = engine.Meters(torch.device("meta"))
-    meters.update(
-        torch.zeros((), device="meta"),
-        torch.zeros(4, 2, device="meta"),
-        torch.zeros(4, dtype=torch.long, device="meta"),
-    )
+    meters = Meters(torch.device("meta"), ("correct",))
+    meters.update(torch.zeros((), device="meta"), 4, torch.zeros(1, device="meta"))
     seen.clear()
     meta.sum(meters.sums)
     assert seen == [torch.device("meta")]
@@ -429,16 +326,16 @@ def test_failed_start_leaves_nothing_behind(small_data, tmp_path):
 
 
 def test_interrupt_writes_summary_and_curves(small_data, tmp_path, monkeypatch):
-    import ghostnet.engine as engine
+    from ghostnet.train.loop import StopRequested
 
-    real_enter = engine.StopRequested.__enter__
+    real_enter = StopRequested.__enter__
 
     def enter(self):
         real_enter(self)
         self.signal = signal.SIGINT  # as if Ctrl-C came during the first step
         return self
 
-    monkeypatch.setattr(engine.StopRequested, "__enter__", enter)
+    monkeypatch.setattr(StopRequested, "__enter__", enter)
     out = tmp_path / "run"
     with pytest.raises(KeyboardInterrupt):
         fit(_small_config(small_data, out, epochs=2))
@@ -492,7 +389,7 @@ def test_ema_copies_integer_buffers():
     """The EMA averages floats and copies integer buffers (averaging 11 in integers gave 10)."""
     from torch.optim.swa_utils import AveragedModel
 
-    from ghostnet.engine import ema_update
+    from ghostnet.train import ema_update
 
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
     model.register_buffer("layout", torch.tensor([11, 3, 7]))
@@ -512,8 +409,6 @@ def test_compile_trains_saves_plain_keys_and_resumes(small_data, tmp_path, monke
     cores, so the test compiles with the ``aot_eager`` backend (same tracing, autograd and
     graph breaks, no code generation); benchmarks/trainer_throughput.py --compile runs the
     real inductor path."""
-    import ghostnet.engine as engine
-
     compiled: list[torch.nn.Module] = []
     real_compile = torch.compile
 
@@ -521,7 +416,7 @@ def test_compile_trains_saves_plain_keys_and_resumes(small_data, tmp_path, monke
         compiled.append(model)
         return real_compile(model, backend="aot_eager", **kwargs)
 
-    monkeypatch.setattr(engine.torch, "compile", compile_for_test)
+    monkeypatch.setattr(torch, "compile", compile_for_test)
     plain, fast = tmp_path / "plain", tmp_path / "compiled"
     fit(_small_config(small_data, plain, epochs=2))
     fit(_small_config(small_data, fast, epochs=2, compile=True))

@@ -15,7 +15,7 @@ import torch
 
 from ghostnet import GhostnetError, safe_io
 from ghostnet.checkpoint import read_checkpoint
-from ghostnet.engine import config_from, fit
+from ghostnet.train import config_from, fit
 
 from .imagegen import make_image_folder
 
@@ -47,14 +47,16 @@ def _config(data: Path, out: Path, **overrides):
 
 
 def _fail_fsync_after(monkeypatch, calls: int, code: int, name: str = "") -> dict[str, int]:
-    """os.fsync of a file (whose name holds ``name``) raises OSError(code) from call number
-    ``calls`` on (a full disk shows up at write or fsync time)."""
+    """os.fsync of a file (whose name holds ``name``; checksum records not counted) raises
+    OSError(code) from call number ``calls`` on (a full disk shows up at write or fsync
+    time)."""
     real = os.fsync
     seen = {"n": 0}
 
     def fsync(fd):
         target = os.readlink(f"/proc/self/fd/{fd}")
-        if os.path.isdir(target) or name not in os.path.basename(target):
+        base = os.path.basename(target)
+        if os.path.isdir(target) or name not in base or (name and "sha256" in base):
             return real(fd)
         seen["n"] += 1
         if seen["n"] >= calls:
@@ -239,7 +241,9 @@ def test_lock_is_dropped_when_the_owner_dies(tmp_path):
     lock.release()
 
 
-@pytest.mark.parametrize("damage", ["truncated", "bit-flipped header", "zeroed"])
+@pytest.mark.parametrize(
+    "damage", ["truncated", "bit-flipped header", "zeroed", "bit-flipped data"]
+)
 def test_resume_of_a_damaged_last_pt_falls_back_to_last_prev(small_data, tmp_path, caplog, damage):
     """Two epochs: last.pt (epoch 2) and last.prev.pt (epoch 1). last.pt damaged: --resume
     warns naming it and why, continues from last.prev.pt (epoch 1); the rest is untouched."""
@@ -252,12 +256,16 @@ def test_resume_of_a_damaged_last_pt_falls_back_to_last_prev(small_data, tmp_pat
         data = data[: len(data) // 2]
     elif damage == "bit-flipped header":
         data[0] ^= 0x01  # the zip signature
+    elif damage == "bit-flipped data":
+        data[len(data) // 2] ^= 0x04  # inside tensor storage: still unpickles
     else:
         data = bytearray(len(data))
     last.write_bytes(bytes(data))
     prev_sha, best_sha = _sha(out / "last.prev.pt"), _sha(out / "best.pt")
     summary = fit(_config(small_data, out, epochs=3), resume=last)
     assert f"resume: skipped {last}: " in caplog.text
+    if damage == "bit-flipped data":
+        assert "its SHA-256 differs from last.pt.sha256" in caplog.text
     assert f"continuing from {out / 'last.prev.pt'} (epoch 1, step 0)" in caplog.text
     assert summary["epochs_done"] == 3
     assert read_checkpoint(last)["epoch"] == 3

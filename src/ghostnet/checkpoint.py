@@ -71,3 +71,23 @@ def model_from_checkpoint(path: str | os.PathLike) -> tuple[nn.Module, dict[str,
 
 def checkpoint_preset(checkpoint: dict[str, Any]) -> Preset:
     return Preset.from_dict(checkpoint["preset"])
+
+
+def checkpoint_task(checkpoint: dict[str, Any]) -> str:
+    """The task a checkpoint was trained for; files written before the field existed are
+    classification checkpoints."""
+    return str(checkpoint.get("task") or "classification")
+
+
+def read_init_weights(source: str) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
+    """``--init-weights``: (the weights, the training checkpoint they came from or None for
+    a plain weights file). A checkpoint gives the weights it was evaluated with (EMA)."""
+    from .weights import load_state_dict_file
+
+    path = Path(source).expanduser()
+    if not path.is_file():
+        raise GhostnetError(f"--init-weights: file not found: {path}")
+    data = safe_torch_load(path) if path.suffix != ".safetensors" else None
+    if isinstance(data, dict) and data.get("format") == FORMAT:
+        return evaluation_weights(data), data
+    return load_state_dict_file(path), None

@@ -4,7 +4,7 @@
 split -> ``ghostify`` with inherited weights (:mod:`ghostnet.inherit`; per-layer fit errors)
 -> a training-format checkpoint of the inherited model (``inherited.pt``, usable by
 ``ghostnet eval/predict/export``) -> its top-1 before any training -> optionally a few
-epochs of knowledge distillation from the original (``engine.fit`` with ``teacher`` and
+epochs of knowledge distillation from the original (``train.fit`` with ``teacher`` and
 ``init_weights``) -> ``summary.json`` with the original, inherited and distilled numbers.
 """
 
@@ -192,7 +192,7 @@ def teacher_kl(
 def _evaluate(
     model: nn.Module, dataset: ImageDataset, options: CompressOptions, device: torch.device
 ) -> dict[str, Any]:
-    from .engine import eval_loader, evaluate
+    from .train import eval_loader, evaluate
 
     loader = eval_loader(dataset, options.eval_batch_size, options.workers)
     start = time.perf_counter()
@@ -278,7 +278,7 @@ def compress(options: CompressOptions) -> dict[str, Any]:
 
 
 def _compress_owned(options: CompressOptions, out: Path, wall_start: float) -> dict[str, Any]:
-    from .engine import fit, pick_device
+    from .train import fit, pick_device
 
     original = load_original(options)
     if original.spec.ghostify is not None:

@@ -63,8 +63,8 @@ class TrainConfig:
     recipe: str | None = option(None, "named recipe", flag=False, resume="free")
     task: str = option(
         "classification",
-        "what to train: an image classifier, or a detector over --model as backbone",
-        choices=("classification", "detection"),
+        "what to train: an image classifier, or a detector or segmenter over --model as backbone",
+        choices=("classification", "detection", "segmentation"),
         group="task",
     )
     detector: str | None = option(
@@ -81,6 +81,34 @@ class TrainConfig:
         "with --detector fcos: 3x3 conv layers in each head branch (FCOS's paper: 4; "
         "2 halves the head's cost, which dominates a mobile backbone's detector)",
         low=1,
+        group="task",
+    )
+    segmenter: str | None = option(
+        None,
+        "with --task segmentation: lraspp, deeplabv3 or fcn over --model, or torchvision's "
+        "lraspp_mobilenet_v3_large / deeplabv3_mobilenet_v3_large (untrained; --model unused)",
+        choices=(
+            "lraspp",
+            "deeplabv3",
+            "fcn",
+            "torchvision:lraspp_mobilenet_v3_large",
+            "torchvision:deeplabv3_mobilenet_v3_large",
+        ),
+        group="task",
+    )
+    output_stride: int | None = option(
+        None,
+        "with --task segmentation: 8 or 16, the backbone dilated past it (default: lraspp 16, "
+        "deeplabv3/fcn 8)",
+        low=8,
+        high=16,
+        group="task",
+    )
+    aux_loss: float = option(
+        0.0,
+        "with --segmenter deeplabv3/fcn: weight of an auxiliary FCN head's loss on the "
+        "second-last level (torchvision: 0.5); 0 = no auxiliary head",
+        low=0,
         group="task",
     )
     epochs: int = option(30, "training epochs", low=1, resume="replan")
@@ -193,6 +221,14 @@ class TrainConfig:
         resume="free",
     )
     sync_bn: bool = option(False, "torchrun on CUDA: BatchNorm over all processes", group="runtime")
+    dist_timeout: float = option(
+        1800.0,
+        "torchrun: seconds a collective may wait for the other processes before the run "
+        "ends with one line (a dead or hung peer); passed to init_process_group",
+        low=1,
+        group="runtime",
+        resume="free",
+    )
     seed: int = option(0, "seed of data order, augmentation and init", low=0, group="runtime")
     workers: int = option(0, "data loader processes", low=0, group="runtime", resume="free")
     device: str = option(

@@ -13,6 +13,23 @@ from ..files import check_output_folder as check_out_folder  # noqa: F401
 from ..models import ModelSpec, default_input_size
 
 
+def checkpoint_task_class(path: str | None) -> Any:
+    """The task class (``ghostnet.train.Task``) of the checkpoint at ``path``; ``None``
+    when there is none or it is unreadable (the caller's own path then says why)."""
+    from pathlib import Path
+
+    if not path or not Path(path).is_file():
+        return None
+    from ..checkpoint import read_checkpoint
+    from ..train import task_of_checkpoint
+
+    try:
+        checkpoint = read_checkpoint(path)
+    except GhostnetError:
+        return None
+    return task_of_checkpoint(checkpoint)
+
+
 def parse_size(text: str) -> tuple[int, int, int]:
     """``"3,224,224"`` or ``"224"`` (3 channels, square) -> (C, H, W)."""
     try:

@@ -9,9 +9,9 @@ import torch
 
 from ..checkpoint import checkpoint_preset, model_from_checkpoint
 from ..data import ImageDataset, Preset, build_transform, open_data
-from ..engine import eval_loader, evaluate, pick_device
 from ..errors import GhostnetError
-from .common import int_at_least, print_json
+from ..train import eval_loader, evaluate, pick_device
+from .common import checkpoint_task_class, int_at_least, print_json
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -98,12 +98,16 @@ def _load_exported(args: argparse.Namespace) -> tuple[torch.nn.Module, dict, Pre
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..detection.train import is_detection_checkpoint
-
-    if is_detection_checkpoint(getattr(args, "checkpoint", None)):  # mAP on val2017
-        from ..detection.tools import run_eval
-
-        return run_eval(args)
+    task = checkpoint_task_class(args.checkpoint)
+    if task is not None and task.name != "classification":  # the task evaluates its own
+        result = task.evaluate_checkpoint(
+            args.checkpoint, args.data, pick_device(args.device), args.batch_size
+        )
+        if args.json:
+            print_json(result)
+        else:
+            print("\n".join(task.eval_lines(result)))
+        return 0
     model, checkpoint, preset, label = _load(args)
     source = open_data(args.data, need_train=False)
     if source.classes != checkpoint["classes"]:

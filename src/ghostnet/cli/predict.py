@@ -11,7 +11,7 @@ from ..checkpoint import checkpoint_preset, model_from_checkpoint
 from ..data import Preset, build_transform, load_images_for_prediction
 from ..deploy import open_exported
 from ..errors import GhostnetError
-from .common import int_at_least, print_json
+from .common import checkpoint_task_class, int_at_least, print_json
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -32,6 +32,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--topk", type=int_at_least(1), default=5)
     p.add_argument("--batch-size", type=int_at_least(1), default=64)
+    p.add_argument(
+        "--out", help="detection: folder for the images with their boxes (default predictions)"
+    )
+    p.add_argument(
+        "--threshold", type=float, default=0.3, help="detection: lowest score drawn (0.3)"
+    )
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(run=run)
 
@@ -83,12 +89,14 @@ def _load_exported(
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..detection.train import is_detection_checkpoint
-
-    if is_detection_checkpoint(getattr(args, "checkpoint", None)):  # boxes drawn to PNGs
-        from ..detection.tools import run_predict
-
-        return run_predict(args)
+    task = checkpoint_task_class(args.checkpoint)
+    if task is not None and task.name != "classification":  # the task predicts its own
+        results = task.predict(args.checkpoint, args.images, args.out, args.threshold)
+        if args.json:
+            print_json(results)
+        else:
+            print("\n".join(task.predict_lines(results)))
+        return 0
     if args.topk < 1:
         raise GhostnetError(f"--topk must be >= 1, got {args.topk}")
     model, classes, preset, inputs = _load(args)

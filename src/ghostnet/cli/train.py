@@ -122,7 +122,7 @@ def explicit_values(args: argparse.Namespace) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> int:
     from ..checkpoint import read_checkpoint
-    from ..engine import fit
+    from ..train import fit
 
     explicit = explicit_values(args)
     resume = None
@@ -143,24 +143,23 @@ def run(args: argparse.Namespace) -> int:
         config = TrainConfig(**values)
     else:
         config = config_from(args.recipe, **explicit)
-    if config.task == "detection":  # trains beside classification, not inside fit
-        from ..detection.train import fit_detection
-        from ..engine import check_out_folder
-
-        check_out_folder(Path(config.out), resume=resume is not None, overwrite=args.overwrite)
-        summary = fit_detection(config, resume=resume)
-        final = summary["final"]
-        print(
-            f"{config.detector} on {config.model}: mAP {final['mAP']:.4f}  "
-            f"mAP@0.5 {final['mAP50']:.4f} -> {args.out}"
-        )
-        return 0
-    summary = fit(config, resume=resume, overwrite=args.overwrite)
+    summary = fit(config, resume=resume, overwrite=args.overwrite)  # the task of --task
     if summary:
-        print(
-            f"{summary['model']}: top-1 {summary['top1']:.2f}%  top-5 {summary['top5']:.2f}%  "
-            f"({summary['params']:,} params, {summary['macs']:,} MACs, "
-            f"{summary['train_images_per_s'] or 0:.0f} train img/s, {summary['wall_s']:.0f} s) "
-            f"-> {args.out}"
-        )
+        print(result_line(summary, args.out))
     return 0
+
+
+def result_line(summary: dict[str, Any], out: str) -> str:
+    """One line: the run's final value of its best-picking metric (and top-5 when there)."""
+    metric = summary["best_metric"]
+    value = summary.get(metric)
+    shown = f"{value:.2f}%" if metric == "top1" and value is not None else f"{value or 0:.4f}"
+    extra = f"  top-5 {summary['top5']:.2f}%" if summary.get("top5") is not None else ""
+    extra += f"  mAP@0.5 {summary['mAP50']:.4f}" if summary.get("mAP50") is not None else ""
+    macs = f", {summary['macs']:,} MACs" if summary.get("macs") else ""
+    name = {"top1": "top-1"}.get(metric, metric)
+    return (
+        f"{summary['model']}: {name} {shown}{extra}  ({summary['params']:,} params{macs}, "
+        f"{summary['train_images_per_s'] or 0:.0f} train img/s, {summary['wall_s']:.0f} s) "
+        f"-> {out}"
+    )

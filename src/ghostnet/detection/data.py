@@ -136,6 +136,9 @@ class DetectionDataset(Dataset):
         self.epoch = 0
         self.bad: list[str] = []
 
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
     def __len__(self) -> int:
         return len(self.split.image_ids)
 

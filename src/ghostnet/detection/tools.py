@@ -1,11 +1,11 @@
-"""``ghostnet eval`` / ``ghostnet predict`` on a detector checkpoint, and ONNX export of a
+"""Evaluation and prediction (boxes drawn) of a detector checkpoint, and ONNX export of a
 detector's backbone + FPN + dense head (checked against PyTorch in ONNX Runtime)."""
 
 from __future__ import annotations
 
-import argparse
-import json
+import io
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,36 +14,37 @@ import torch
 from PIL import Image, ImageDraw
 from torch import nn
 
-from ..engine import pick_device
 from ..errors import GhostnetError
+from ..safe_io import write_bytes
 from .data import open_split
+from .evaluate import detector_from_checkpoint, evaluate_detector
 from .models import IMAGENET_MEAN, IMAGENET_STD, DenseCore
-from .train import detector_from_checkpoint, evaluate_detector
 
 COLOURS = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6"]
 
 
-def run_eval(args: argparse.Namespace) -> int:
-    """mAP of a detector checkpoint on ``--data``'s val2017 split."""
-    model, checkpoint = detector_from_checkpoint(args.checkpoint)
-    device = pick_device(getattr(args, "device", "auto"))
-    split = open_split(args.data, "val", checkpoint["classes"])
-    # eval's --batch-size default (256) suits 32x32 classification, not detection images
-    batch_size = min(int(getattr(args, "batch_size", 8)), 16)
+def evaluate_checkpoint(
+    path: str | os.PathLike, data: str | os.PathLike, device: torch.device, batch_size: int = 8
+) -> dict[str, Any]:
+    """mAP (and the rest of ``coco_scores``) of a detector checkpoint on ``data``'s
+    val2017 split, with ``checkpoint``, ``kind`` and ``backbone`` added."""
+    model, checkpoint = detector_from_checkpoint(path)
+    split = open_split(data, "val", checkpoint["classes"])
     result = evaluate_detector(model.to(device), split, device, batch_size)
-    if getattr(args, "json", False):
-        print(json.dumps({**result, "checkpoint": str(args.checkpoint)}, indent=2))
-        return 0
-    kind = checkpoint["detector"]["kind"]
-    print(f"{kind} on {checkpoint['detector']['backbone']}: {result['images']} images")
-    print(f"mAP {result['mAP']:.4f}   mAP@0.5 {result['mAP50']:.4f}")
-    print(
+    spec = checkpoint["detector"]
+    return {**result, "checkpoint": str(path), "kind": spec["kind"], "backbone": spec["backbone"]}
+
+
+def eval_lines(result: dict[str, Any]) -> list[str]:
+    """``evaluate_checkpoint``'s result for a terminal."""
+    lines = [
+        f"{result['kind']} on {result['backbone']}: {result['images']} images",
+        f"mAP {result['mAP']:.4f}   mAP@0.5 {result['mAP50']:.4f}",
         f"classes ignored: mAP {result['agnostic_mAP']:.4f}   "
-        f"mAP@0.5 {result['agnostic_mAP50']:.4f}"
-    )
-    for name, ap in result["per_class_AP"].items():
-        print(f"{name:<20} AP {ap:.4f}")
-    return 0
+        f"mAP@0.5 {result['agnostic_mAP50']:.4f}",
+    ]
+    lines += [f"{name:<20} AP {ap:.4f}" for name, ap in result["per_class_AP"].items()]
+    return lines
 
 
 def draw_boxes(
@@ -62,12 +63,18 @@ def draw_boxes(
     return image
 
 
-def run_predict(args: argparse.Namespace) -> int:
-    """Detect objects in images; ``--out DIR`` (default ``predictions``) gets one PNG each."""
-    model, checkpoint = detector_from_checkpoint(args.checkpoint)
+def predict_images(
+    path: str | os.PathLike,
+    images: Sequence[str | os.PathLike],
+    out_dir: str | os.PathLike = "predictions",
+    threshold: float = 0.3,
+) -> list[dict[str, Any]]:
+    """Detect objects in ``images`` (files or folders) with a detector checkpoint; each
+    image's boxes scoring >= ``threshold`` are drawn to ``out_dir``/NAME.png."""
+    model, checkpoint = detector_from_checkpoint(path)
     classes = checkpoint["classes"]
     paths: list[Path] = []
-    for item in args.images:
+    for item in images:
         p = Path(item)
         if p.is_dir():
             paths += sorted(
@@ -79,44 +86,49 @@ def run_predict(args: argparse.Namespace) -> int:
             raise GhostnetError(f"{p}: no such image or folder")
     if not paths:
         raise GhostnetError("no images found in the given paths")
-    out_dir = Path(getattr(args, "out", None) or "predictions")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    threshold = float(getattr(args, "threshold", 0.3))
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
     results = []
     with torch.inference_mode():
-        for path in paths:
+        for image_path in paths:
             try:
-                with Image.open(path) as im:
+                with Image.open(image_path) as im:
                     image = im.convert("RGB")
             except OSError as exc:
-                raise GhostnetError(f"{path}: cannot decode image ({exc})") from exc
+                raise GhostnetError(f"{image_path}: cannot decode image ({exc})") from exc
             tensor = torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1).float() / 255
-            out = model([tensor])[0]
-            target = out_dir / f"{path.stem}.png"
-            draw_boxes(image, out, classes, threshold).save(target)
-            keep = out["scores"] >= threshold
+            found = model([tensor])[0]
+            target = out / f"{image_path.stem}.png"
+            drawn = draw_boxes(image, found, classes, threshold)
+            buffer = io.BytesIO()
+            drawn.save(buffer, format="PNG")
+            write_bytes(target, buffer.getvalue())
+            keep = found["scores"] >= threshold
             results.append(
                 {
-                    "image": str(path),
+                    "image": str(image_path),
                     "drawn": str(target),
                     "detections": [
                         {"class": classes[int(label) - 1], "score": float(s), "box": b}
                         for b, s, label in zip(
-                            out["boxes"][keep].tolist(),
-                            out["scores"][keep].tolist(),
-                            out["labels"][keep].tolist(),
+                            found["boxes"][keep].tolist(),
+                            found["scores"][keep].tolist(),
+                            found["labels"][keep].tolist(),
                             strict=True,
                         )
                     ],
                 }
             )
-    if getattr(args, "json", False):
-        print(json.dumps(results, indent=2))
-        return 0
+    return results
+
+
+def predict_lines(results: list[dict[str, Any]]) -> list[str]:
+    """``predict_images``' results for a terminal."""
+    lines = []
     for r in results:
         found = ", ".join(f"{d['class']} {d['score']:.2f}" for d in r["detections"]) or "nothing"
-        print(f"{r['image']}: {found} -> {r['drawn']}")
-    return 0
+        lines.append(f"{r['image']}: {found} -> {r['drawn']}")
+    return lines
 
 
 def export_dense(
