@@ -95,9 +95,7 @@ def test_plain_rows_equal_torchvision_regnetx(key):
 
     ours = GGhostRegNet(G_GHOST_REGNETX[key], ghost=False)
     theirs = torchvision.models.get_model(TORCHVISION_ROWS[key])
-    assert sum(p.numel() for p in ours.parameters()) == sum(
-        p.numel() for p in theirs.parameters()
-    )
+    assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in theirs.parameters())
 
 
 @pytest.mark.parametrize("name", ["g_ghost_regnetx_002_cifar", "regnetx_002_cifar"])
