@@ -6,14 +6,17 @@ import argparse
 import json
 import math
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import GhostnetError
 from ..files import check_output_folder as check_out_folder  # noqa: F401
 from ..models import ModelSpec, default_input_size
 
+if TYPE_CHECKING:
+    from ..train import Task
 
-def checkpoint_task_class(path: str | None) -> Any:
+
+def checkpoint_task_class(path: str | None) -> type[Task] | None:
     """The task class (``ghostnet.train.Task``) of the checkpoint at ``path``; ``None``
     when there is none or it is unreadable (the caller's own path then says why)."""
     from pathlib import Path
