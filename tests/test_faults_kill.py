@@ -202,12 +202,9 @@ def test_training_killed_while_writing_last_pt_resumes(tmp_path, caplog):
     assert summary["epochs_done"] == 2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine.keep_previous: when last.pt and last.prev.pt are already one file (a "
-    "kill after the link, before the new last.pt), rename(2) of a hard link onto the same "
-    "file does nothing and .last.prev.tmp-link.pt stays; fix: unlink tmp after os.replace",
-)
+# When last.pt and last.prev.pt are already one file (a kill after the link, before the new
+# last.pt), rename(2) of a hard link onto the same file does nothing: keep_previous must
+# remove its temporary link itself.
 def test_keep_previous_leaves_no_temp_when_last_and_prev_are_one_file(tmp_path):
     from ghostnet.engine import keep_previous
 

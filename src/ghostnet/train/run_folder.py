@@ -115,6 +115,10 @@ def keep_previous(last: Path) -> None:
         except OSError:
             shutil.copyfile(source, tmp)
         os.replace(tmp, target)
+        # rename(2) of a hard link onto a name of the same file does nothing (POSIX): after
+        # a kill between the link and the next last.pt both names are one file, and the
+        # temporary link would stay behind
+        tmp.unlink(missing_ok=True)
 
 
 def read_resume_checkpoint(path: Path) -> tuple[dict[str, Any], Path]:
