@@ -11,6 +11,7 @@ import logging
 import os
 import random
 import signal
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 
@@ -77,6 +78,8 @@ def _in_child(action: Callable[[], None], hook: Callable[[], None]) -> int:
             torch.set_num_threads(1)
             hook()
             action()
+        except BaseException:  # shown in the test's output: why the child was not killed
+            traceback.print_exc()
         finally:
             os._exit(3)  # not killed: the hook never fired
     _, status = os.waitpid(pid, 0)
