@@ -26,7 +26,9 @@ MAX_OBJECTS = 4
 MAX_COVER = 0.5  # largest fraction of an earlier object a new one may hide
 
 
-def _cifar_files(root: Path, split: str) -> tuple[list[str], list[list[Path]]]:
+def cifar_class_files(root: Path, split: str) -> tuple[list[str], list[list[Path]]]:
+    """(class names, each class's image files) of a CIFAR-10 ImageFolder split; the source
+    of both synthetic sets (detection here, segmentation in segmentation/synth.py)."""
     folder = root / split
     if not folder.is_dir():
         raise GhostnetError(
@@ -75,7 +77,7 @@ def write_split(
     cifar: Path, out: Path, split: str, count: int, seed: int, source: str
 ) -> dict[str, Any]:
     """Write ``count`` canvases to ``out/<split>2017`` and their COCO json; returns it."""
-    classes, files = _cifar_files(cifar, source)
+    classes, files = cifar_class_files(cifar, source)
     rng = np.random.default_rng([seed, 0 if split == "train" else 1])
     folder = out / f"{split}2017"
     folder.mkdir(parents=True, exist_ok=True)

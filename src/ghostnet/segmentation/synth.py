@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from ..detection.synth import cifar_class_files
 from ..errors import GhostnetError
 from ..safe_io import write_text
 from .data import IGNORE_INDEX, voc_palette
@@ -26,19 +27,6 @@ from .data import IGNORE_INDEX, voc_palette
 SHAPES = ("ellipse", "polygon", "blob")
 MAX_OBJECTS = 3
 SCALE = (0.3, 0.7)  # object side as a fraction of the canvas
-
-
-def _cifar_files(root: Path, split: str) -> tuple[list[str], list[list[Path]]]:
-    folder = root / split
-    if not folder.is_dir():
-        raise GhostnetError(
-            f"{folder} is missing: --cifar needs CIFAR-10 as train/ and test/ class folders"
-        )
-    classes = sorted(d.name for d in folder.iterdir() if d.is_dir())
-    files = [sorted(p for p in (folder / c).iterdir() if p.is_file()) for c in classes]
-    if not classes or not all(files):
-        raise GhostnetError(f"{folder} has no class folders with images")
-    return classes, files
 
 
 def shape_mask(rng: np.random.Generator, side: int) -> tuple[str, np.ndarray]:
@@ -139,7 +127,7 @@ def make_cifar_segmentation(
     for index, (split, count, source) in enumerate(
         (("train", train, "train"), ("val", val, "test"))
     ):
-        classes, files = _cifar_files(cifar, source)
+        classes, files = cifar_class_files(cifar, source)
         rng = np.random.default_rng([seed, index])
         pool = [p for paths in files for p in paths]
         ids = []
