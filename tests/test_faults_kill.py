@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import multiprocessing
 import os
 import random
 import signal
@@ -85,6 +86,16 @@ def _in_child(action: Callable[[], None], hook: Callable[[], None]) -> int:
     _, status = os.waitpid(pid, 0)
     assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, status
     return pid
+
+
+def _train_and_die(values: dict[str, object], at: int) -> None:  # pragma: no cover - child
+    """A spawned child: train with a hook that kills it at byte ``at`` of the second
+    last.pt. Spawned, not forked: the parent (a test worker) may have run autograd, whose
+    threads a forked child cannot use."""
+    torch.set_num_threads(1)
+    _kill_at_byte("last.pt", at, nth=2)()
+    fit(config_from(None, **values))
+    raise SystemExit(3)  # not killed: the hook never fired
 
 
 def _kill_at_byte(name: str, at: int, nth: int = 1) -> Callable[[], None]:
@@ -191,7 +202,10 @@ def test_training_killed_while_writing_last_pt_resumes(tmp_path, caplog):
     )
     config = config_from(None, **values)
     at = random.Random(SEED).randrange(1, 500_000)  # resnet20_cifar's last.pt: ~3.3 MB
-    _in_child(lambda: fit(config), _kill_at_byte("last.pt", at, nth=2))
+    child = multiprocessing.get_context("spawn").Process(target=_train_and_die, args=(values, at))
+    child.start()
+    child.join()
+    assert child.exitcode == -signal.SIGKILL, child.exitcode
     for name in ("last.pt", "last.prev.pt", "best.pt"):
         assert read_checkpoint(out / name)["epoch"] == 1, name
     assert _sha(out / "last.pt") == _sha(out / "last.prev.pt")
