@@ -139,15 +139,15 @@ def test_compress_model_name_with_weights_file(tiny, tmp_path):
 @pytest.mark.parametrize(
     "extra, fragment",
     [
-        (["--calibration-images", "3"], "--calibration-images: must be >= 16"),
+        (["--calibration-images", "3"], "--calibration-images must be >= 16, got 3"),
         (["--include", "nothing*"], "nothing to convert"),
         (["--calibration-images", "1000"], "the training split has only 24"),
-        (["--epochs", "1", "--lr", "0"], "--lr: must be a finite number > 0"),
-        (["--ratio", "1"], "--ratio: must be >= 2"),
-        (["--kd-alpha", "1.5"], "--kd-alpha: must be a finite number in [0, 1]"),
+        (["--epochs", "1", "--lr", "0"], "--lr must be > 0, got 0"),
+        (["--ratio", "1"], "--ratio must be >= 2, got 1"),
+        (["--kd-alpha", "1.5"], "--kd-alpha must be <= 1, got 1.5"),
         (["--bn-images", "5"], "--bn-images must be 0 (off) or >= 16"),
         (["--epochs", "1", "--kd-features", "stage*"], "matches no module"),
-        (["--kd-feature-weight", "inf"], "--kd-feature-weight: must be a finite number >= 0"),
+        (["--kd-feature-weight", "inf"], "--kd-feature-weight must be a finite number, got inf"),
     ],
 )
 def test_compress_errors_are_one_line(tiny, capsys, extra, fragment):
@@ -160,6 +160,44 @@ def test_compress_errors_are_one_line(tiny, capsys, extra, fragment):
     errors = [line for line in err.splitlines() if "error:" in line]
     assert len(errors) == 1 and fragment in errors[0] and "Traceback" not in err
     assert not (tiny[0] / "bad" / "inherited.pt").exists()
+
+
+def test_compress_flags_are_generated_from_compress_options():
+    """Every CompressOptions field the CLI should set is a flag of that name, and a parsed
+    command line gives exactly the options it names (the rest keep the options' defaults)."""
+    import argparse
+    import dataclasses
+
+    from ghostnet.cli import build_parser
+    from ghostnet.cli.common import given_options, option_flag_fields
+
+    parser = build_parser()
+    (compress_parser,) = [
+        a for a in parser._subparsers._group_actions if isinstance(a, argparse._SubParsersAction)
+    ]
+    flags = {o for a in compress_parser.choices["compress"]._actions for o in a.option_strings}
+    names = [f.name for f in option_flag_fields(CompressOptions)]
+    assert len(names) == 24  # every field but data, out, checkpoint, model, kwargs, quiet
+    for name in names:
+        assert "--" + name.replace("_", "-") in flags, name
+    line = "compress --data d --out o --ratio 3 --no-skip-first --include a* --include b* "
+    args = parser.parse_args([*line.split(), "--kd-alpha", "0.5", "--fit-on", "original"])
+    given = given_options(args, CompressOptions)
+    assert given == {
+        "ratio": 3,
+        "skip_first": False,
+        "include": ["a*", "b*"],
+        "kd_alpha": 0.5,
+        "fit_on": "original",
+    }
+    options = CompressOptions(data="d", out="o", **given)
+    defaults = CompressOptions(data="d", out="o")
+    changed = {
+        f.name
+        for f in dataclasses.fields(CompressOptions)
+        if getattr(options, f.name) != getattr(defaults, f.name)
+    }
+    assert changed == set(given)
 
 
 def test_compress_refuses_wrong_classes_and_reused_out(tiny, tmp_path, capsys):

@@ -14,7 +14,7 @@ import json
 import logging
 import shutil
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import MISSING, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,13 +23,14 @@ from torch import nn
 from torch.optim.swa_utils import update_bn
 
 from .checkpoint import FORMAT, atomic_save, model_from_checkpoint, remove_stale_temp_files
-from .config import config_from
+from .config import AUGMENTS, RECIPES, check_options, config_from, option
 from .convert import ghostify
 from .counting import profile
 from .data import ImageDataset, Preset, balanced_subset, build_transform, choose_preset, open_data
+from .data import calibration_images as load_calibration
 from .distill import matched_modules
 from .errors import GhostnetError
-from .inherit import MIN_CALIBRATION_IMAGES, inherit_weights
+from .inherit import FIT_ON, MIN_CALIBRATION_IMAGES, inherit_weights
 from .layers import GhostConv2d
 from .models import ModelSpec
 from .safe_io import RunFolderLock, error_line, write_failure, write_text
@@ -40,38 +41,110 @@ log = logging.getLogger("ghostnet")
 
 @dataclass
 class CompressOptions:
-    """What ``compress`` does; the CLI fills it from its flags."""
+    """What ``compress`` does. Each field carries its help text and range (``option``), so
+    the ``ghostnet compress`` flags and the checks before any work come from this table."""
 
-    data: str
-    out: str
-    checkpoint: str | None = None  # a training checkpoint, or weights for --model
-    model: str | None = None  # registry / torchvision: / timm: name (with checkpoint weights)
-    model_kwargs: dict[str, Any] = field(default_factory=dict)
-    ratio: int = 2
-    dw_size: int = 3
-    include: list[str] | None = None
-    exclude: list[str] | None = None
-    skip_first: bool = True
-    calibration_images: int = 256
-    bn_images: int = 2048  # re-estimate BN statistics on this many training images (0: off)
-    fit_on: str = "converted"
-    refine_steps: int = 0  # layer-wise reconstruction steps per layer after the fits (0: off)
-    epochs: int = 3
-    recipe: str | None = "cifar-fast"
-    lr: float = 0.01
-    batch_size: int | None = None
-    kd_alpha: float | None = None
-    kd_temperature: float | None = None
-    kd_features: str | None = None  # module-name patterns, or "blocks" (see block_names)
-    kd_feature_weight: float | None = None
-    augment: str | None = None  # the trainer's --augment (its default: crop-flip)
-    train_subset: int | None = None
-    eval_subset: int | None = None
-    seed: int = 0
-    workers: int = 0
-    device: str = "auto"
-    eval_batch_size: int = 256
-    quiet: bool = False
+    data: str = option(MISSING, "folder with train/ and test/ (or val/)", flag=False)
+    out: str = option(MISSING, "output folder", flag=False)
+    checkpoint: str | None = option(
+        None, "a training run's best.pt; with --model, any weights file of that model", flag=False
+    )
+    model: str | None = option(
+        None,
+        "registry name, torchvision:NAME or timm:NAME (weights: --checkpoint, else the "
+        "published ones)",
+        flag=False,
+    )
+    model_kwargs: dict[str, Any] = option({}, "extra model arguments", flag=False)
+    ratio: int = option(2, "ratio s: 1/s of each converted conv's maps kept", low=2, group="ghost")
+    dw_size: int = option(3, "cheap-op kernel d", low=1, group="ghost")
+    include: list[str] | None = option(
+        None, "only convs matching this name pattern (repeatable)", group="ghost"
+    )
+    exclude: list[str] | None = option(
+        None, "keep convs matching this name pattern (repeatable)", group="ghost"
+    )
+    skip_first: bool = option(True, "leave the stem conv as it is", group="ghost")
+    calibration_images: int = option(
+        256,
+        "training images the cheap ops are fitted on",
+        low=MIN_CALIBRATION_IMAGES,
+        group="inherit",
+    )
+    bn_images: int = option(
+        2048,
+        "re-estimate BN statistics on N training images after inheriting (0: off)",
+        low=0,
+        group="inherit",
+    )
+    fit_on: str = option(
+        "converted",
+        "fit each layer on the partially converted network or the original",
+        choices=FIT_ON,
+        group="inherit",
+    )
+    refine_steps: int = option(
+        0,
+        "after the least-squares fits, N Adam steps per layer matching the original conv's "
+        "output on the calibration images (layer-wise reconstruction; 0: off)",
+        low=0,
+        group="inherit",
+    )
+    epochs: int = option(
+        3, "distillation epochs (0: inherit and evaluate only)", low=0, group="distillation"
+    )
+    recipe: str | None = option(
+        "cifar-fast",
+        "training recipe of the distillation",
+        choices=tuple(sorted(RECIPES)),
+        group="distillation",
+    )
+    lr: float = option(
+        0.01, "peak LR of the distillation", low=0, low_open=True, group="distillation"
+    )
+    batch_size: int | None = option(
+        None, "distillation batch size (default: the recipe's)", low=1, group="distillation"
+    )
+    kd_alpha: float | None = option(
+        None, "weight of the distillation term", low=0, high=1, group="distillation"
+    )
+    kd_temperature: float | None = option(
+        None,
+        "distillation temperature (default: the trainer's)",
+        low=0,
+        low_open=True,
+        group="distillation",
+    )
+    kd_features: str | None = option(
+        None,
+        "also distil feature maps: 'blocks' (the outputs of the blocks that hold converted "
+        "convs) or comma-separated module-name patterns",
+        group="distillation",
+    )
+    kd_feature_weight: float | None = option(
+        None, "weight of the feature term (default: 1)", low=0, group="distillation"
+    )
+    augment: str | None = option(
+        None,
+        "augmentation of the distillation's training images (default crop-flip; 'flip' "
+        "distils better in 3 epochs, see the compress results)",
+        choices=AUGMENTS,
+        group="distillation",
+    )
+    train_subset: int | None = option(
+        None, "distil on N class-balanced images", low=1, group="data"
+    )
+    eval_subset: int | None = option(
+        None, "evaluate on N class-balanced images", low=1, group="data"
+    )
+    seed: int = option(0, "seed of the calibration draw and the distillation", group="runtime")
+    workers: int = option(0, "data-loading worker processes", low=0, group="runtime")
+    device: str = option("auto", "where to run", choices=("auto", "cpu", "cuda"), group="runtime")
+    eval_batch_size: int = option(256, "evaluation batch size", low=1, group="runtime")
+    quiet: bool = option(False, "no progress output", flag=False)
+
+    def __post_init__(self) -> None:
+        check_options(self)
 
 
 @dataclass
@@ -134,27 +207,9 @@ def _dataset(split: Any, preset: Preset, subset: int | None, seed: int) -> Image
 
 
 def calibration_images(train_split: Any, preset: Preset, count: int, seed: int) -> torch.Tensor:
-    """``count`` class-balanced *training* images, prepared as for evaluation (no
-    augmentation). Never the test split: that is what the result is measured on."""
-    if count < MIN_CALIBRATION_IMAGES:
-        raise GhostnetError(
-            f"--calibration-images must be >= {MIN_CALIBRATION_IMAGES} to fit the cheap ops, "
-            f"got {count}"
-        )
-    if len(train_split) < count:
-        raise GhostnetError(
-            f"--calibration-images {count}: the training split has only {len(train_split)} "
-            "images; ask for fewer"
-        )
-    dataset = _dataset(train_split, preset, count, seed)
-    images = [dataset[i][0] for i in range(len(dataset))]
-    good = [image for image in images if image is not None]
-    if len(good) < MIN_CALIBRATION_IMAGES:
-        raise GhostnetError(
-            f"only {len(good)} of {count} calibration images could be read; need "
-            f">= {MIN_CALIBRATION_IMAGES}"
-        )
-    return torch.stack(good)
+    """``count`` class-balanced *training* images prepared as for evaluation (no
+    augmentation), through the one loader :func:`ghostnet.data.calibration_images`."""
+    return load_calibration(train_split, preset, count, seed, minimum=MIN_CALIBRATION_IMAGES)
 
 
 def reestimate_bn(model: nn.Module, images: torch.Tensor, batch_size: int = 128) -> int:

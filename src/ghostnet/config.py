@@ -51,6 +51,32 @@ def option(
     return field(default=default, metadata=meta)
 
 
+def check_options(options: Any) -> None:
+    """Raise one ``GhostnetError`` naming the first field of the dataclass ``options``
+    (fields made by :func:`option`) whose value is outside its range or choices."""
+    for f in fields(options):
+        value = getattr(options, f.name)
+        meta = f.metadata
+        name = "--" + f.name.replace("_", "-")
+        if value is None or not meta:
+            continue
+        if meta.get("choices") and value not in meta["choices"]:
+            raise GhostnetError(
+                f"{name} must be one of {', '.join(meta['choices'])}, got {value!r}"
+            )
+        low, high = meta.get("low"), meta.get("high")
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        if isinstance(value, float) and not math.isfinite(value):
+            raise GhostnetError(f"{name} must be a finite number, got {value}")
+        if low is not None and (value < low or (meta["low_open"] and value == low)):
+            op = ">" if meta["low_open"] else ">="
+            raise GhostnetError(f"{name} must be {op} {low:g}, got {value:g}")
+        if high is not None and (value > high or (meta["high_open"] and value == high)):
+            op = "<" if meta["high_open"] else "<="
+            raise GhostnetError(f"{name} must be {op} {high:g}, got {value:g}")
+
+
 @dataclass
 class TrainConfig:
     """Everything a run depends on; stored in every checkpoint as plain data."""
@@ -274,27 +300,7 @@ class TrainConfig:
 
     def check(self) -> None:
         """Raise one ``GhostnetError`` naming the first value out of its range."""
-        for f in fields(self):
-            value = getattr(self, f.name)
-            meta = f.metadata
-            name = "--" + f.name.replace("_", "-")
-            if value is None:
-                continue
-            if meta.get("choices") and value not in meta["choices"]:
-                raise GhostnetError(
-                    f"{name} must be one of {', '.join(meta['choices'])}, got {value!r}"
-                )
-            low, high = meta.get("low"), meta.get("high")
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                continue
-            if isinstance(value, float) and not math.isfinite(value):
-                raise GhostnetError(f"{name} must be a finite number, got {value}")
-            if low is not None and (value < low or (meta["low_open"] and value == low)):
-                op = ">" if meta["low_open"] else ">="
-                raise GhostnetError(f"{name} must be {op} {low:g}, got {value:g}")
-            if high is not None and (value > high or (meta["high_open"] and value == high)):
-                op = "<" if meta["high_open"] else "<="
-                raise GhostnetError(f"{name} must be {op} {high:g}, got {value:g}")
+        check_options(self)
         if any(not isinstance(m, int) or m < 1 for m in self.milestones):
             raise GhostnetError(f"--milestones must be epochs >= 1, got {self.milestones}")
         if self.task == "detection" and self.detector is None:

@@ -562,3 +562,61 @@ def sample_image_files(root: str | os.PathLike, count: int, seed: int = 0) -> li
             if files and len(chosen) < count:
                 chosen.append(files.pop())
     return chosen
+
+
+def calibration_images(
+    source: Split | str | os.PathLike,
+    preset: Preset,
+    count: int,
+    seed: int = 0,
+    *,
+    minimum: int = 1,
+) -> torch.Tensor:
+    """The one calibration loader (compress's inherited fits, BN re-estimation, INT8
+    ranges): ``count`` class-balanced images prepared by the model's eval transform, as
+    one (N, C, H, W) tensor.
+
+    ``source`` is a :class:`Split` (compress passes its *training* split: the test split is
+    what the result is measured on) or a folder (its test/ or val/ split if it has one).
+    Unreadable images are skipped with one warning; fewer than ``minimum`` readable is one
+    clear line."""
+    if count < minimum:
+        raise GhostnetError(f"--calibration-images must be >= {minimum}, got {count}")
+    transform = build_transform(preset, train=False)
+    images: list[torch.Tensor] = []
+    bad: list[str] = []
+    if isinstance(source, Split):
+        if len(source) < count:
+            raise GhostnetError(
+                f"--calibration-images {count}: the training split has only {len(source)} "
+                "images; ask for fewer"
+            )
+        dataset = ImageDataset(
+            source.subset(balanced_subset(source.labels, count, seed)), transform
+        )
+        for index in range(len(dataset)):
+            image, label = dataset[index]
+            if image is None:
+                bad.append(str(label))
+            else:
+                images.append(image)
+        where = f"the {source.name} split"
+    else:
+        folder = Path(source)
+        if not folder.is_dir():
+            raise GhostnetError(f"--calibration {folder}: not a folder of images")
+        for file in sample_image_files(folder, count, seed):
+            try:
+                images.append(transform(read_image(file)))
+            except (BadImageError, OSError):
+                bad.append(str(file))
+        where = f"--calibration {folder}"
+    if len(images) < minimum:
+        raise GhostnetError(
+            f"{where}: only {len(images)} of {len(images) + len(bad)} calibration images "
+            f"could be read (first unreadable: {bad[0] if bad else '-'}); need >= {minimum} "
+            "real images like those the model will see"
+        )
+    if bad:
+        log.warning("calibration: skipped %d unreadable images (first: %s)", len(bad), bad[0])
+    return torch.stack(images)

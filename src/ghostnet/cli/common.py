@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import sys
+import typing
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..errors import GhostnetError
@@ -180,3 +183,61 @@ def input_size_for(args: argparse.Namespace, spec: ModelSpec) -> tuple[int, int,
 def print_json(data: Any) -> None:
     json.dump(data, sys.stdout, indent=2)
     sys.stdout.write("\n")
+
+
+def _parse_int_list(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}"
+        ) from None
+
+
+def option_flag_fields(options_class: type) -> list[dataclasses.Field]:
+    """The fields of an options dataclass (made by ``config.option``) that are flags."""
+    return [f for f in dataclasses.fields(options_class) if f.metadata.get("flag", True)]
+
+
+def add_option_flags(
+    parser: argparse.ArgumentParser,
+    options_class: type,
+    default_text: Callable[[dataclasses.Field], str],
+    group_title: str = "{group}",
+) -> None:
+    """One flag per field of ``options_class`` (``TrainConfig``, ``CompressOptions``): the
+    name, type, choices and help text come from the field, so the flags cannot drift from
+    the options. Every flag's default is ``None`` ("not given"): the options' own default
+    (or a recipe's) applies, and their ``check`` gives the one-line range errors."""
+    hints = typing.get_type_hints(options_class)
+    groups: dict[str, Any] = {}
+    for f in option_flag_fields(options_class):
+        group_name = f.metadata.get("group", "options")
+        if group_name not in groups:
+            groups[group_name] = parser.add_argument_group(group_title.format(group=group_name))
+        group = groups[group_name]
+        kind = hints[f.name]
+        if type(None) in typing.get_args(kind):  # X | None -> X
+            kind = next(a for a in typing.get_args(kind) if a is not type(None))
+        shown = default_text(f)
+        help_text = f"{f.metadata['help']} ({shown})" if shown else f.metadata["help"]
+        name = "--" + f.name.replace("_", "-")
+        if kind is bool:
+            group.add_argument(
+                name, action=argparse.BooleanOptionalAction, default=None, help=help_text
+            )
+        elif typing.get_origin(kind) is list and typing.get_args(kind) == (str,):
+            group.add_argument(name, action="append", default=None, help=help_text)
+        elif typing.get_origin(kind) is list:
+            group.add_argument(name, type=_parse_int_list, default=None, help=help_text)
+        elif f.metadata.get("choices"):
+            group.add_argument(name, choices=f.metadata["choices"], default=None, help=help_text)
+        else:
+            metavar = {int: "N", float: "X", str: "VALUE"}.get(kind, "VALUE")
+            group.add_argument(name, type=kind, default=None, metavar=metavar, help=help_text)
+
+
+def given_options(args: argparse.Namespace, options_class: type) -> dict[str, Any]:
+    """The option values given on the command line (flags left out are not here)."""
+    values = {f.name: getattr(args, f.name) for f in option_flag_fields(options_class)}
+    return {k: v for k, v in values.items() if v is not None}

@@ -8,65 +8,29 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import typing
 from pathlib import Path
 from typing import Any
 
-from ..config import RECIPES, TrainConfig, config_from, default_of, flag_fields
+from ..config import RECIPES, TrainConfig, config_from, default_of
 from ..errors import GhostnetError
-from .common import add_model_args, ghostify_options, parse_kwargs
+from .common import add_model_args, add_option_flags, ghostify_options, given_options, parse_kwargs
 
 
-def _parse_int_list(text: str) -> list[int]:
-    try:
-        return [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated integers, got {text!r}"
-        ) from None
-
-
-def _base_type(name: str) -> Any:
-    """The flag type of field ``name``: ``int | None`` -> int, ``list[int]`` -> list."""
-    tp = typing.get_type_hints(TrainConfig)[name]
-    if typing.get_origin(tp) is list:
-        return list
-    args = [a for a in typing.get_args(tp) if a is not type(None)]
-    return args[0] if args else tp
-
-
-def _recipe_values(name: str) -> str:
-    values = [f"{r}={RECIPES[r][name]}" for r in RECIPES if name in RECIPES[r]]
-    return f"; recipes: {', '.join(values)}" if values else ""
+def _default_text(f: dataclasses.Field) -> str:
+    default = default_of(f)
+    shown = ",".join(map(str, default)) if isinstance(default, list) else default
+    recipes = [f"{r}={RECIPES[r][f.name]}" for r in RECIPES if f.name in RECIPES[r]]
+    return f"default: {shown}" + (f"; recipes: {', '.join(recipes)}" if recipes else "")
 
 
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per ``TrainConfig`` field, grouped as the config groups them; default
-    ``None`` means "not given" (the recipe's or the built-in value is used)."""
-    groups: dict[str, Any] = {}
-    for f in flag_fields():
-        group_name = f.metadata.get("group", "options")
-        if group_name not in groups:
-            groups[group_name] = parser.add_argument_group(
-                f"{group_name} (default: the --recipe's value, else the built-in one)"
-            )
-        group = groups[group_name]
-        kind = _base_type(f.name)
-        default = default_of(f)
-        shown = ",".join(map(str, default)) if isinstance(default, list) else default
-        help_text = f"{f.metadata['help']} (default: {shown}{_recipe_values(f.name)})"
-        name = "--" + f.name.replace("_", "-")
-        if kind is bool:
-            group.add_argument(
-                name, action=argparse.BooleanOptionalAction, default=None, help=help_text
-            )
-        elif kind is list:
-            group.add_argument(name, type=_parse_int_list, default=None, help=help_text)
-        elif f.metadata.get("choices"):
-            group.add_argument(name, choices=f.metadata["choices"], default=None, help=help_text)
-        else:
-            metavar = {int: "N", float: "X", str: "VALUE"}.get(kind, "VALUE")
-            group.add_argument(name, type=kind, default=None, metavar=metavar, help=help_text)
+    """One flag per ``TrainConfig`` field, grouped as the config groups them."""
+    add_option_flags(
+        parser,
+        TrainConfig,
+        _default_text,
+        "{group} (default: the --recipe's value, else the built-in one)",
+    )
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -106,8 +70,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def explicit_values(args: argparse.Namespace) -> dict[str, Any]:
     """The config values given on the command line (flags left out are not here)."""
-    values = {f.name: getattr(args, f.name) for f in flag_fields()}
-    values = {k: v for k, v in values.items() if v is not None}
+    values = given_options(args, TrainConfig)
     values["model"] = args.model
     values["data"] = args.data
     values["out"] = args.out

@@ -63,36 +63,17 @@ def float_layer_nodes(proto: Any, groups: Sequence[str]) -> list[str]:
 def calibration_batches(
     folder: str | os.PathLike, preset: Any, count: int, batch_size: int, seed: int = 0
 ) -> list[Any]:
-    """``count`` images from ``folder`` (its test/ or val/ split if any, spread over the
-    classes), prepared by the model's eval transform and stacked into numpy batches of
-    ``batch_size`` (the last one filled by repeating images). Unreadable images are skipped;
-    none readable is one clear error."""
-    from ..data import BadImageError, build_transform, read_image, sample_image_files
+    """``count`` images from ``folder`` through the one calibration loader
+    (:func:`ghostnet.data.calibration_images`), stacked into numpy batches of
+    ``batch_size`` (the last one filled by repeating images: a static-batch export takes
+    no other)."""
+    from ..data import calibration_images
 
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise GhostnetError(f"--calibration {folder}: not a folder of images")
-    if count < 1:
-        raise GhostnetError(f"--calibration-images must be >= 1, got {count}")
-    files = sample_image_files(folder, count, seed)
-    transform = build_transform(preset, train=False)
-    images, bad = [], []
-    for file in files:
-        try:
-            images.append(transform(read_image(file)))
-        except (BadImageError, OSError):
-            bad.append(file)
-    if not images:
-        raise GhostnetError(
-            f"--calibration {folder}: none of its {len(files)} image files could be read "
-            f"(first: {bad[0]}); give a folder of real images like those the model will see"
-        )
-    if bad:
-        log.warning("calibration: skipped %d unreadable images (first: %s)", len(bad), bad[0])
-    while len(images) % batch_size:
-        images.append(images[len(images) % len(images)])
-    stacked = torch.stack(images)
-    return [b.numpy() for b in stacked.split(batch_size)]
+    images = calibration_images(folder, preset, count, seed)
+    if len(images) % batch_size:
+        repeat = torch.arange(batch_size - len(images) % batch_size) % len(images)
+        images = torch.cat([images, images[repeat]])
+    return [b.numpy() for b in images.split(batch_size)]
 
 
 def quantize_onnx(
