@@ -72,3 +72,30 @@ def test_onnx_export_agrees(tmp_path: Path, model: torch.nn.Module) -> None:
     assert got.shape == (1, 3, 64, 64)
     assert np.abs(got - expected.numpy()).max() < 1e-4
     assert "segmentation" in session.get_modelmeta().custom_metadata_map["task"]
+
+
+def test_cli_exports_a_trained_segmenter_checkpoint(tmp_path: Path, capsys) -> None:
+    """`ghostnet export --checkpoint` of a segmentation run: ONNX with the task's metadata,
+    checked in ONNX Runtime; flags that only classifiers' exports take are refused in one
+    line."""
+    import onnx
+
+    from ghostnet.cli import main
+
+    data = write_voc(tmp_path / "voc", count=4, size=(40, 40))
+    run = tmp_path / "run"
+    flags = ["--task", "segmentation", "--segmenter", "lraspp", "--input-size", "32"]
+    flags += ["--model", "timm:mobilenetv3_small_050", "--epochs", "1", "--batch-size", "2"]
+    assert main(["train", "--data", str(data), "--out", str(run), "--quiet", *flags]) == 0
+    capsys.readouterr()
+    out = tmp_path / "seg.onnx"
+    assert main(["export", "--checkpoint", str(run / "best.pt"), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "segmenter logits, input 1x3x32x32" in printed and "max abs diff" in printed
+    meta = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
+    assert meta["task"] == '"segmentation"' and meta["image_size"] == "32"
+    bad = ["export", "--checkpoint", str(run / "best.pt"), "--out", str(tmp_path / "b.onnx")]
+    assert main([*bad, "--int8", "--calibration", str(data)]) == 2
+    err = capsys.readouterr().err
+    assert "segmentation checkpoint" in err and "drop --int8" in err and "Traceback" not in err
+    assert not (tmp_path / "b.onnx").exists()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -20,7 +21,17 @@ from ..deploy import (
     export,
 )
 from ..errors import GhostnetError
-from .common import add_model_args, input_size_for, int_at_least, parse_size, spec_from_args
+from .common import (
+    add_model_args,
+    checkpoint_task_class,
+    input_size_for,
+    int_at_least,
+    parse_size,
+    spec_from_args,
+)
+
+if TYPE_CHECKING:
+    from ..train import Task
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -112,7 +123,43 @@ def _recorded_preset(preset: dict, size: tuple[int, int, int]) -> dict:
     return preset
 
 
+def _export_task_checkpoint(args: argparse.Namespace, task: type[Task]) -> int:
+    """A detection/segmentation checkpoint: the task exports its own model (ONNX)."""
+    given = {
+        "--format": args.format != "onnx",
+        "--int8": args.int8,
+        "--split": args.split,
+        "--pad-channels": bool(args.pad_channels),
+        "--dynamic-batch": args.dynamic_batch,
+        "--batch-size": args.batch_size != 1,
+        "--model": bool(args.model),
+    }
+    refused = [flag for flag, present in given.items() if present]
+    if refused:
+        raise GhostnetError(
+            f"{args.checkpoint} is a {task.name} checkpoint: its export is ONNX at batch 1; "
+            f"drop {', '.join(refused)}"
+        )
+    size = None
+    if args.input_size:
+        channels, height, width = args.input_size
+        if channels != 3 or height != width:
+            raise GhostnetError(
+                f"--input-size {channels},{height},{width}: a {task.name} export takes square "
+                "RGB inputs (3,S,S)"
+            )
+        size = height
+    lines = task.export_checkpoint(
+        args.checkpoint, args.out, input_size=size, opset=args.opset, tolerance=args.tolerance
+    )
+    print("\n".join(lines))
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
+    task = checkpoint_task_class(args.checkpoint)
+    if task is not None and task.name != "classification":
+        return _export_task_checkpoint(args, task)
     float_layers = [g.strip() for g in args.float_layers.split(",") if g.strip()]
     if args.int8 and not args.calibration:
         raise GhostnetError("--int8 needs --calibration DIR (real images to calibrate on)")

@@ -227,6 +227,20 @@ class Task(ABC):
         """``predict``'s results as lines for a terminal."""
         return [str(r) for r in results]
 
+    @classmethod
+    def export_checkpoint(
+        cls,
+        path: str | os.PathLike,
+        out: str | os.PathLike,
+        *,
+        input_size: int | None,
+        opset: int | None,
+        tolerance: float,
+    ) -> list[str]:
+        """``ghostnet export`` of a checkpoint of this task to ONNX, checked against
+        PyTorch in ONNX Runtime; returns the lines to print."""
+        raise GhostnetError(f"ghostnet export does not export {cls.name} checkpoints")
+
 
 TASKS: dict[str, type[Task]] = {}
 

@@ -29,7 +29,7 @@ from ...segmentation.data import (
 )
 from ...segmentation.metrics import ConfusionMatrix
 from ...segmentation.models import LogitsOnly, SegmenterSpec, segmenter_params
-from ...segmentation.tools import evaluate_folder, predict_images
+from ...segmentation.tools import evaluate_folder, export_segmenter_onnx, predict_images
 from ...weights import load_into
 from ..distributed import Collectives
 from ..optim import autocast_for
@@ -301,3 +301,33 @@ class SegmentationTask(Task):
             found = ", ".join(f"{k} {v:.0%}" for k, v in r["classes"].items())
             lines.append(f"{r['image']}: {found} -> {r['drawn']}")
         return lines
+
+    @classmethod
+    def export_checkpoint(
+        cls,
+        path: str | os.PathLike,
+        out: str | os.PathLike,
+        *,
+        input_size: int | None,
+        opset: int | None,
+        tolerance: float,
+    ) -> list[str]:
+        """The segmenter's logits as ONNX (``export_segmenter_onnx``: metadata ``task``,
+        ``image_size``, ``classes``), at the trained size unless ``input_size`` is given."""
+        checkpoint = read_checkpoint(path)
+        model = cls.model_from_checkpoint(checkpoint, str(path))
+        size = input_size or int(checkpoint["image_size"])
+        file, diff = export_segmenter_onnx(
+            model,
+            out,
+            size,
+            classes=checkpoint["classes"],
+            opset=opset or 17,
+            tolerance=tolerance,
+        )
+        megabytes = file.stat().st_size / 1e6
+        return [
+            f"wrote {file} ({megabytes:.1f} MB): segmenter logits, input 1x3x{size}x{size}, "
+            f"{len(checkpoint['classes'])} classes",
+            f"ONNX Runtime vs PyTorch max abs diff {diff:.2e} (limit {tolerance:g})",
+        ]
