@@ -107,6 +107,37 @@ def test_predict_and_eval_on_an_exported_checkpoint(fmt, tmp_path, capsys, train
     assert result["count"] == len(exported)
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(not _installed("executorch"), reason="ghostnet[executorch] not installed")
+def test_executorch_int8_export_is_quantized_and_runs(tmp_path, capsys, trained_tiny):
+    """--format executorch --int8: PT2E with XNNPACKQuantizer, calibrated on the data's
+    images; int8 weights make the program well under half the fp32 one's size, its
+    metadata says how it was quantized, and eval runs it."""
+    checkpoint, data = trained_tiny
+    base = ["export", "--checkpoint", str(checkpoint), "--format", "executorch"]
+    fp32, int8 = tmp_path / "fp32.pte", tmp_path / "int8.pte"
+    assert main([*base, "--out", str(fp32)]) == 0
+    calibration = ["--calibration", str(data), "--calibration-images", "8"]
+    assert main([*base, "--int8", *calibration, "--out", str(int8)]) == 0
+    printed = capsys.readouterr().out
+    assert "int8: XNNPACKQuantizer" in printed and "top-1 agrees with fp32 on" in printed
+    assert int8.stat().st_size < 0.5 * fp32.stat().st_size
+    meta = open_exported(int8).metadata
+    assert meta["int8"]["quantize_ops"] > 10 and meta["int8"]["calibration_images"] == 8
+    assert main(["eval", str(int8), "--data", str(data), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["count"] == 12
+
+
+def test_int8_on_a_format_without_a_toolchain_is_one_line(tmp_path, capsys, trained_tiny):
+    checkpoint, data = trained_tiny
+    base = ["export", "--checkpoint", str(checkpoint), "--int8", "--calibration", str(data)]
+    assert main([*base, "--format", "ncnn", "--out", str(tmp_path / "m.param")]) == 2
+    assert "--int8 is built for --format onnx or executorch; not ncnn" in _one_line(capsys)
+    out = str(tmp_path / "m.pte")
+    assert main([*base, "--format", "executorch", "--float-layers", "se", "--out", out]) == 2
+    assert "--float-layers and --calibration-method are ONNX Runtime's" in _one_line(capsys)
+
+
 def _one_line(capsys) -> str:
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1, err

@@ -1,6 +1,7 @@
 """``ghostnet export``: the deploy form (reparameterized, BN folded) as ONNX, ExecuTorch
 (.pte), ncnn (.param + .bin) or LiteRT (.tflite), checked against PyTorch on that runtime;
-with ``--int8`` (ONNX), statically quantized (QDQ, per-channel) on calibration images."""
+with ``--int8`` (ONNX: QDQ in ONNX Runtime; ExecuTorch: PT2E with XNNPACKQuantizer), statically
+quantized (per-channel weights) on calibration images."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from ..data import Preset, choose_preset
 from ..deploy import (
     FLOAT_LAYER_GROUPS,
     FORMATS,
+    INT8_FORMATS,
     Int8Options,
     calibration_batches,
     check_export_output,
@@ -87,7 +89,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="with --split: pad every part to a multiple of B channels with zero weights "
         "(ONNX Runtime's block: 16 on AVX-512 CPUs, 8 on AVX2; same outputs)",
     )
-    q = p.add_argument_group("INT8 (ONNX Runtime static quantization)")
+    q = p.add_argument_group(
+        "INT8 (static: ONNX Runtime for onnx, PT2E XNNPACKQuantizer for executorch)"
+    )
     q.add_argument("--int8", action="store_true", help="write an INT8 (QDQ) model")
     q.add_argument(
         "--calibration",
@@ -174,8 +178,10 @@ def run(args: argparse.Namespace) -> int:
     if args.pad_channels and not args.split:
         raise GhostnetError("--pad-channels pads the parts of a --split export; add --split")
     out = check_export_output(args.out, args.format)
-    if args.int8 and args.format != "onnx":
-        raise GhostnetError(f"--int8 is built for --format onnx; not {args.format}")
+    if args.int8 and args.format not in INT8_FORMATS:
+        raise GhostnetError(
+            f"--int8 is built for --format {' or '.join(INT8_FORMATS)}; not {args.format}"
+        )
     if args.int8 and not Path(args.calibration).is_dir():
         raise GhostnetError(f"--calibration {args.calibration}: not a folder of images")
     model, size, preset, metadata = _model(args)
@@ -226,13 +232,22 @@ def run(args: argparse.Namespace) -> int:
         print(f"check: {agreement.note}")
     if args.int8:
         summary = result.int8 or {}
+        images = sum(len(b) for b in int8.batches)
+        if args.format == "onnx":
+            kept = f" ({', '.join(float_layers)})" if float_layers else ""
+            how = (
+                f"{summary['int8_layers']} Conv/Gemm layers quantized (per-channel weights), "
+                f"{summary['float_nodes']} nodes kept float{kept}; "
+                f"{args.calibration_method} ranges from {images} images"
+            )
+        else:
+            how = (
+                f"{summary['quantizer']}, {summary['quantize_ops']} quantize ops; ranges "
+                f"from {images} images"
+            )
         print(
-            f"int8: {summary['int8_layers']} Conv/Gemm layers quantized (per-channel weights), "
-            f"{summary['float_nodes']} nodes kept float"
-            f"{' (' + ', '.join(float_layers) + ')' if float_layers else ''}; "
-            f"{args.calibration_method} ranges from {sum(len(b) for b in int8.batches)} images; "
-            f"top-1 agrees with fp32 on {result.int8_top1_agreement:.1f}% of them "
-            "(measure accuracy: ghostnet eval FILE.onnx --data DIR)"
+            f"int8: {how}; top-1 agrees with fp32 on {result.int8_top1_agreement:.1f}% of them "
+            f"(measure accuracy: ghostnet eval {path} --data DIR)"
         )
     return 0
 

@@ -8,6 +8,7 @@ loads any exported file by its suffix.
 from .api import (
     BACKEND_FORMATS,
     FORMATS,
+    INT8_FORMATS,
     ExportResult,
     Int8Options,
     check_export_output,
@@ -16,6 +17,7 @@ from .api import (
     metadata_file,
     open_exported,
 )
+from .executorch import quantize_executorch
 from .fusion import (
     FusedGhostConv2d,
     _set_submodule,
@@ -41,6 +43,7 @@ __all__ = [
     "BACKEND_FORMATS",
     "FLOAT_LAYER_GROUPS",
     "FORMATS",
+    "INT8_FORMATS",
     "Agreement",
     "ExportResult",
     "FusedGhostConv2d",
@@ -66,6 +69,7 @@ __all__ = [
     "metadata_file",
     "onnx_op_counts",
     "open_exported",
+    "quantize_executorch",
     "quantize_onnx",
     "settle_batchnorm",
     "verify_onnx",

@@ -17,7 +17,7 @@ from torch import nn
 from ..errors import GhostnetError
 from ..files import check_output_file
 from ..split import split_concats
-from .executorch import ExecutorchSession, export_executorch
+from .executorch import ExecutorchSession, export_executorch, quantize_executorch
 from .fusion import count_batchnorm, fuse
 from .int8 import quantize_onnx
 from .litert import LiteRTSession, export_litert
@@ -48,9 +48,13 @@ BACKEND_FORMATS = {
 }
 
 
+INT8_FORMATS = ("onnx", "executorch")  # the runtimes whose INT8 toolchain is on PyPI
+
+
 @dataclass
 class Int8Options:
-    """ONNX Runtime static INT8: real images prepared by the model's eval transform."""
+    """Static INT8 (ONNX Runtime, or ExecuTorch's PT2E for XNNPACK): real images prepared
+    by the model's eval transform. ``float_layers`` and ``method`` are ONNX Runtime's."""
 
     batches: Sequence[np.ndarray]
     float_layers: Sequence[str] = ()
@@ -144,12 +148,18 @@ def export(
     """Write ``model``'s deploy form as ``fmt`` to ``out`` and check it on its runtime.
 
     The check runs random inputs through the runtime and PyTorch (``verify``); a file that
-    disagrees is removed and the error names the runtime and the difference. INT8 (ONNX
-    only) quantizes the checked fp32 file and reports top-1 agreement with it.
+    disagrees is removed and the error names the runtime and the difference. INT8 (ONNX:
+    ONNX Runtime's static quantization of the checked fp32 file; ExecuTorch: PT2E with
+    XNNPACKQuantizer) reports top-1 agreement with the checked fp32 file.
     """
     path = check_export_output(out, fmt)
-    if int8 is not None and fmt != "onnx":
-        raise GhostnetError(f"--int8 is built for --format onnx (ONNX Runtime); not {fmt}")
+    if int8 is not None and fmt not in INT8_FORMATS:
+        raise GhostnetError(f"--int8 is built for --format {' or '.join(INT8_FORMATS)}; not {fmt}")
+    if int8 is not None and fmt == "executorch" and (int8.float_layers or int8.method != "minmax"):
+        raise GhostnetError(
+            "--float-layers and --calibration-method are ONNX Runtime's; ExecuTorch INT8 "
+            "quantizes every op XNNPACKQuantizer supports with its own observers"
+        )
     if batch_size < 1:
         raise GhostnetError(f"--batch-size must be >= 1, got {batch_size}")
     model = model.eval()
@@ -197,12 +207,18 @@ def export(
                 file.unlink(missing_ok=True)
             raise
         result = ExportResult(path, fmt, files, agreement, _batchnorm(model, deploy))
-        if int8 is not None:
+        if int8 is not None and fmt == "onnx":
             result.int8 = quantize_onnx(
                 target, path, int8.batches, float_layers=int8.float_layers, method=int8.method
             )
             result.int8_top1_agreement = _top1_agreement(session, OnnxSession(path), int8)
             result.files = [path]
+        elif int8 is not None:
+            result.files, result.int8 = quantize_executorch(
+                deploy, path, input_size, int8.batches, metadata
+            )
+            quantized = ExecutorchSession(path)
+            result.int8_top1_agreement = _top1_agreement(session, quantized, int8)
     if fmt == "onnx":
         result.ops = onnx_op_counts(path)
     return result

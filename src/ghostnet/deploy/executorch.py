@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -25,15 +26,8 @@ from .runtime import (
 RUNTIME = "ExecuTorch (XNNPACK)"
 
 
-def export_executorch(
-    model: nn.Module,
-    path: str | os.PathLike,
-    input_size: Sequence[int],
-    batch_size: int = 1,
-    metadata: dict[str, JsonValue] | None = None,
-) -> list[Path]:
-    """``model`` lowered to XNNPACK through torch.export and written as a .pte program;
-    the metadata goes beside it (``.pte.json``: a program holds no free-form strings)."""
+def _import_lowering():
+    """ExecuTorch's lowering entry points (imported late: the extra is optional)."""
     pytree = logging.getLogger("torch.utils._pytree")
     level = pytree.level
     # torchao (imported by ExecuTorch) registers an Enum as a pytree constant, and torch
@@ -49,14 +43,28 @@ def export_executorch(
         raise missing("executorch", "--format executorch", exc) from exc
     finally:
         pytree.setLevel(level)
-    path = Path(path)
-    example = (torch.randn(batch_size, *input_size),)
+    return XnnpackPartitioner, to_edge_transform_and_lower
+
+
+def _lower(
+    model: nn.Module,
+    path: Path,
+    example: tuple[torch.Tensor],
+    metadata: dict[str, JsonValue] | None,
+    calibrate: Callable[[nn.Module], nn.Module] | None = None,
+) -> list[Path]:
+    """torch.export -> (optionally ``calibrate``: a quantized module) -> XNNPACK -> .pte."""
+    partitioner, to_edge_transform_and_lower = _import_lowering()
     try:
         with torch.no_grad(), quiet_native_output():
             exported = torch.export.export(model.eval(), example)
+            if calibrate is not None:
+                exported = torch.export.export(calibrate(exported.module()), example)
             program = to_edge_transform_and_lower(
-                exported, partitioner=[XnnpackPartitioner()]
+                exported, partitioner=[partitioner()]
             ).to_executorch()
+    except GhostnetError:
+        raise
     except Exception as exc:  # torch.export / exir raise many types; one line
         raise GhostnetError(
             f"{type(model).__name__} cannot be lowered to ExecuTorch: "
@@ -64,6 +72,67 @@ def export_executorch(
         ) from exc
     write_bytes(path, program.buffer)
     return [path, write_sidecar(path, metadata or {})]
+
+
+def export_executorch(
+    model: nn.Module,
+    path: str | os.PathLike,
+    input_size: Sequence[int],
+    batch_size: int = 1,
+    metadata: dict[str, JsonValue] | None = None,
+) -> list[Path]:
+    """``model`` lowered to XNNPACK through torch.export and written as a .pte program;
+    the metadata goes beside it (``.pte.json``: a program holds no free-form strings)."""
+    example = (torch.randn(batch_size, *input_size),)
+    return _lower(model, Path(path), example, metadata)
+
+
+def quantize_executorch(
+    model: nn.Module,
+    path: str | os.PathLike,
+    input_size: Sequence[int],
+    batches: Sequence[np.ndarray],
+    metadata: dict[str, JsonValue] | None = None,
+) -> tuple[list[Path], dict[str, JsonValue]]:
+    """Static INT8 for XNNPACK with PyTorch 2 export quantization (PT2E): torchao's
+    ``prepare_pt2e`` with ExecuTorch's ``XNNPACKQuantizer`` (symmetric int8, per-channel
+    weights), activation ranges observed on ``batches`` (real images, the model's eval
+    preprocessing), ``convert_pt2e``, then lowered as the fp32 program is. Returns the
+    files and a summary (also in the metadata beside the file)."""
+    _import_lowering()  # the missing-extra message first
+    try:
+        from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+            XNNPACKQuantizer,
+            get_symmetric_quantization_config,
+        )
+        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+    except ImportError as exc:
+        raise missing("executorch", "--format executorch --int8", exc) from exc
+    if not batches:
+        raise GhostnetError("--int8 needs calibration images; none were given")
+    example = (torch.from_numpy(batches[0]),)
+    summary: dict[str, JsonValue] = {
+        "quantizer": "XNNPACKQuantizer (PT2E), symmetric int8, per-channel weights",
+        "calibration_images": sum(len(b) for b in batches),
+        "calibration_batches": len(batches),
+    }
+
+    def calibrate(graph: nn.Module) -> nn.Module:
+        quantizer = XNNPACKQuantizer().set_global(
+            get_symmetric_quantization_config(is_per_channel=True)
+        )
+        prepared = prepare_pt2e(graph, quantizer)
+        for batch in batches:  # observers record each activation's range
+            prepared(torch.from_numpy(batch))
+        converted = convert_pt2e(prepared)
+        summary["quantize_ops"] = sum(
+            1 for n in converted.graph.nodes if "quantize_per" in str(n.target)
+        )
+        return converted
+
+    metadata = {**(metadata or {}), "int8": summary}
+    files = _lower(model, Path(path), example, metadata, calibrate)
+    return files, summary
 
 
 def set_threads(threads: int) -> None:
