@@ -237,6 +237,8 @@ def test_train_cli_task_detection(tmp_path, capsys, cifar10_path):
         "1",
         "--batch-size",
         "4",
+        "--input-size",
+        "64",  # the loop and the CLI are under test, not the detector at its full size
         "--quiet",
     ]
     assert main(argv) == 0
