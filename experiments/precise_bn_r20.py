@@ -12,8 +12,8 @@ import sys
 import torch
 
 from ghostnet.checkpoint import model_from_checkpoint
-from ghostnet.compress import _dataset, calibration_images, reestimate_bn
-from ghostnet.data import Preset, open_data
+from ghostnet.compress import reestimate_bn
+from ghostnet.data import ImageDataset, Preset, build_transform, calibration_images, open_data
 from ghostnet.engine import eval_loader, evaluate
 
 
@@ -22,7 +22,7 @@ def main() -> None:
     model, checkpoint = model_from_checkpoint(path)
     preset = Preset.from_dict(checkpoint["preset"])
     source = open_data("../shared/data/cifar10")
-    test = _dataset(source.eval, preset, None, 0)
+    test = ImageDataset(source.eval, build_transform(preset, train=False))
 
     def top1(net: torch.nn.Module) -> float:
         return evaluate(net.eval(), eval_loader(test, 500, 0), torch.device("cpu"), 10)["top1"]
