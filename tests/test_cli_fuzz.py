@@ -13,8 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ghostnet.cli import main
-from ghostnet.cli.train import _base_type
-from ghostnet.config import flag_fields
+from ghostnet.cli.common import option_flag_type
+from ghostnet.config import TrainConfig, flag_fields
 from ghostnet.train import config_from, fit
 
 from .imagegen import make_image_folder
@@ -245,7 +245,7 @@ def test_bad_arguments_fail_cleanly(world, capsys, case, tmp_path):
 def _out_of_range(f) -> st.SearchStrategy:
     """Values just outside (or far outside) a TrainConfig field's documented range."""
     meta, options = f.metadata, []
-    integral = _base_type(f.name) is int
+    integral = option_flag_type(TrainConfig, f.name) is int
     if meta.get("low") is not None:
         low = meta["low"]
         edge = [low] if meta["low_open"] else []

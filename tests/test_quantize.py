@@ -175,7 +175,7 @@ def test_calibration_folder_errors(tmp_path, capsys):
     _one_line(
         capsys,
         [*argv, "--calibration", str(broken.parent)],
-        "none of its 3 image files could be read",
+        "only 0 of 3 calibration images could be read",
     )
     _one_line(capsys, [*argv, "--calibration", str(tmp_path / "nope")], "not a folder")
     data = make_image_folder(tmp_path / "ok", classes=2, per_class=2, size=32)

@@ -199,6 +199,14 @@ def option_flag_fields(options_class: type) -> list[dataclasses.Field]:
     return [f for f in dataclasses.fields(options_class) if f.metadata.get("flag", True)]
 
 
+def option_flag_type(options_class: type, name: str) -> Any:
+    """The flag type of field ``name``: ``int | None`` -> int, ``list[int]`` stays."""
+    kind = typing.get_type_hints(options_class)[name]
+    if type(None) in typing.get_args(kind):  # X | None -> X
+        kind = next(a for a in typing.get_args(kind) if a is not type(None))
+    return kind
+
+
 def add_option_flags(
     parser: argparse.ArgumentParser,
     options_class: type,
@@ -209,16 +217,13 @@ def add_option_flags(
     name, type, choices and help text come from the field, so the flags cannot drift from
     the options. Every flag's default is ``None`` ("not given"): the options' own default
     (or a recipe's) applies, and their ``check`` gives the one-line range errors."""
-    hints = typing.get_type_hints(options_class)
     groups: dict[str, Any] = {}
     for f in option_flag_fields(options_class):
         group_name = f.metadata.get("group", "options")
         if group_name not in groups:
             groups[group_name] = parser.add_argument_group(group_title.format(group=group_name))
         group = groups[group_name]
-        kind = hints[f.name]
-        if type(None) in typing.get_args(kind):  # X | None -> X
-            kind = next(a for a in typing.get_args(kind) if a is not type(None))
+        kind = option_flag_type(options_class, f.name)
         shown = default_text(f)
         help_text = f"{f.metadata['help']} ({shown})" if shown else f.metadata["help"]
         name = "--" + f.name.replace("_", "-")
