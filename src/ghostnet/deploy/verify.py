@@ -14,6 +14,10 @@ from ..errors import GhostnetError
 
 Runner = Callable[[torch.Tensor], torch.Tensor]
 
+# how many times PyTorch's own float32-vs-float64 error a runtime may differ from PyTorch
+# by and still be called faithful (see check_agreement)
+FLOAT32_SPREAD = 4.0
+
 
 @dataclass
 class Agreement:
@@ -117,12 +121,27 @@ def check_agreement(
     with initial BN statistics are): ``recheck`` then exports a copy with BN statistics
     measured on random images the same way and returns its difference, which decides.
     ``deploy``: the same function in its deploy form, cheaper to run in float64.
+    A deep model can sit just under ``tolerance`` in float32 itself (a random RegNet-3.2GF
+    with measured BN: 9e-5): a runtime within FLOAT32_SPREAD times that error is kept, with
+    a note; one further off than both is blamed.
     """
     diff = max_relative_diff(reference, run, input_size, batch_size)
     if diff <= tolerance:
         return Agreement(runtime, diff, tolerance)
     single = float32_error(deploy if deploy is not None else reference, input_size)
     if single <= tolerance or recheck is None:
+        if diff <= FLOAT32_SPREAD * single:
+            # two float32 computations each `single` from the exact answer are up to
+            # 2 x single apart; the margin covers a runtime's other kernels (Winograd,
+            # other summation orders) and `single` being measured on one image only
+            return Agreement(
+                runtime,
+                diff,
+                tolerance,
+                f"float32 differs by {diff:.3g} of the output scale, within "
+                f"{FLOAT32_SPREAD:g} x PyTorch's own float32 error on this model "
+                f"({single:.2g} from float64): float32 rounding, not the export; kept",
+            )
         raise GhostnetError(
             f"{path}: {runtime} differs from PyTorch by {diff:.3g} of the output scale "
             f"(> {tolerance}) while PyTorch's float32 agrees with float64 to {single:.2g}; "
