@@ -38,15 +38,18 @@ def quiet_native_output(into: Path | None = None) -> Iterator[None]:
     """Silence what native converters and runtimes print straight to the process's
     stdout/stderr (pnnx's pass log, ExecuTorch's CPU probe about ARM-only files on x86):
     progress chatter, not errors, and a CLI's output should not carry it. ``into``: a file
-    that keeps it (to find the reason when a conversion fails)."""
+    that keeps it (to find the reason when a conversion fails). Python's own streams are
+    swapped too: ExecuTorch's bindings write their log through sys.stderr, which is not
+    file descriptor 2 when the caller has replaced it (a test's capture, a notebook)."""
     sys.stdout.flush()
     sys.stderr.flush()
     saved = [os.dup(1), os.dup(2)]
     try:
-        with open(into or os.devnull, "wb") as null:
+        with open(into or os.devnull, "wb") as null, open(os.devnull, "w") as text:
             os.dup2(null.fileno(), 1)
             os.dup2(null.fileno(), 2)
-            yield
+            with contextlib.redirect_stdout(text), contextlib.redirect_stderr(text):
+                yield
     finally:
         for fd, copy in zip((1, 2), saved):
             os.dup2(copy, fd)
