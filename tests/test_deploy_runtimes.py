@@ -225,3 +225,17 @@ def test_an_unknown_suffix_is_one_line(tmp_path, capsys):
         open_exported(tmp_path / "m.xyz")
     with pytest.raises(GhostnetError, match=r"ends in \.pte"):
         export(create_model("resnet20_cifar"), "executorch", tmp_path / "m.onnx", (3, 32, 32))
+
+
+@pytest.mark.skipif(not _installed("ncnn"), reason="ghostnet[ncnn] not installed")
+def test_ncnn_takes_module_names_that_are_not_identifiers(tmp_path):
+    """torchvision's RegNet names its blocks `block1-0`: pnnx's generated Python model does
+    not import, but its ncnn files are complete and agree with PyTorch."""
+    torch.manual_seed(0)
+    block = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU())
+    model = nn.Sequential()
+    model.add_module("block1-0", block)
+    model.add_module("pool", nn.AdaptiveAvgPool2d(1))
+    model.add_module("flat", nn.Flatten())
+    result = export(model.eval(), "ncnn", tmp_path / "m.param", (3, 16, 16))
+    assert result.path.is_file() and result.agreement.max_diff <= 1e-4

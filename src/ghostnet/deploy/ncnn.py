@@ -48,17 +48,21 @@ def export_ncnn(
     example = torch.randn(1, *input_size)
     with tempfile.TemporaryDirectory(prefix="ghostnet-pnnx-") as tmp:
         traced = Path(tmp) / "model.pt"
+        param, weights = Path(tmp) / "model.ncnn.param", Path(tmp) / "model.ncnn.bin"
         try:
             with quiet_native_output(Path(tmp) / "pnnx.log"):
                 # fp16=False: pnnx stores weights in fp16 by default (~1e-3 off a float32
                 # model's outputs); the file is checked against PyTorch in float32
                 pnnx.export(model.eval(), str(traced), (example,), fp16=False)
         except Exception as exc:  # pnnx raises RuntimeError / tracer errors
-            raise GhostnetError(
-                f"{type(model).__name__} cannot be converted by pnnx: "
-                f"{str(exc).strip().splitlines()[0][:240]}"
-            ) from exc
-        param, weights = Path(tmp) / "model.ncnn.param", Path(tmp) / "model.ncnn.bin"
+            # pnnx.export ends by importing the Python model it generated, which fails for
+            # module names that are not identifiers (torchvision RegNet's `block1-0`); the
+            # ncnn files are complete by then, and the runtime check below judges them
+            if not (param.is_file() and weights.is_file()):
+                raise GhostnetError(
+                    f"{type(model).__name__} cannot be converted by pnnx: "
+                    f"{str(exc).strip().splitlines()[0][:240]}"
+                ) from exc
         if not param.is_file() or not weights.is_file():
             unsupported = [
                 line.strip()
