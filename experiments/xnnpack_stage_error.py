@@ -3,7 +3,8 @@ float32 rounding or an export bug? Each top-level part of the model (and the mer
 first inner block of each G-Ghost stage) is lowered to XNNPACK on its own and run on the
 input it sees in the whole model; PyTorch's float32 and ExecuTorch's are both compared
 with float64. A faithful lowering is within a few times PyTorch's error at every part; a
-wrong op is off by O(1) where it sits.
+wrong op is off by O(1) where it sits. First, the whole deploy form on the export check's
+three inputs, as ``deploy.verify.float32_errors`` measures them, one image at a time.
 
     OMP_NUM_THREADS=1 python experiments/xnnpack_stage_error.py [MODEL]
 """
@@ -19,6 +20,7 @@ import torch
 from torch import nn
 
 from ghostnet.deploy import settle_batchnorm
+from ghostnet.deploy.api import deploy_form
 from ghostnet.deploy.executorch import ExecutorchSession, export_executorch
 from ghostnet.models import create_model
 
@@ -56,6 +58,21 @@ def main() -> None:
     size = (3, 224, 224)
     model = settle_batchnorm(create_model(name), size)
     h = torch.randn(1, *size, generator=torch.Generator().manual_seed(1))
+    with tempfile.TemporaryDirectory() as tmp:
+        deploy = deploy_form(model, size, False, 0)
+        export_executorch(deploy, Path(tmp) / "deploy.pte", size)
+        session = ExecutorchSession(Path(tmp) / "deploy.pte", threads=1)
+        print(f"{'check input':<16} {'PyTorch fp32':>12} {'ExecuTorch':>11} {'ratio':>6}")
+        wide = copy.deepcopy(deploy).double()
+        generator = torch.Generator().manual_seed(0)  # the check's inputs (verify._inputs)
+        for image in range(3):
+            x = torch.randn(1, *size, generator=generator)
+            with torch.no_grad():
+                exact = wide(x.double())
+                scale = max(1.0, exact.abs().max().item())
+                own = (deploy(x).double() - exact).abs().max().item() / scale
+            theirs = (torch.as_tensor(session(x)).double() - exact).abs().max().item() / scale
+            print(f"{image:<16} {own:12.2e} {theirs:11.2e} {theirs / own:6.1f}")
     print(f"{'part':<16} {'input':<20} {'PyTorch fp32':>12} {'ExecuTorch':>11} {'ratio':>6}")
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
