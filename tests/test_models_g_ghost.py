@@ -191,3 +191,45 @@ def test_features_only_and_output_stride(output_stride):
         feats = model(torch.randn(1, 3, 97, 131))
     last = max(1, output_stride)
     assert feats[-1].shape[-2:] == (-(-97 // last), -(-131 // last))
+
+
+def test_detection_and_segmentation_over_a_g_ghost_backbone():
+    """G-Ghost's feature levels feed torchvision's detection heads and the segmenters: one
+    FCOS training step reaches the backbone's G-Ghost stages, and LR-ASPP at output stride
+    16 gives logits at the input size."""
+    from ghostnet.detection import create_detector
+    from ghostnet.segmentation.models import create_segmenter
+
+    torch.manual_seed(0)
+    detector = create_detector("fcos", "g_ghost_regnetx_002", num_classes=2, image_size=64)
+    images = [torch.rand(3, 64, 64), torch.rand(3, 64, 64)]
+    targets = [
+        {"boxes": torch.tensor([[4.0, 6.0, 30.0, 40.0]]), "labels": torch.tensor([1])},
+        {"boxes": torch.tensor([[20.0, 10.0, 60.0, 50.0]]), "labels": torch.tensor([2])},
+    ]
+    total = sum(detector.train()(images, targets).values())
+    assert torch.isfinite(total)
+    total.backward()
+    merge_grads = [
+        p.grad for n, p in detector.named_parameters() if ".merge." in n and p.requires_grad
+    ]
+    assert merge_grads and all(g is not None and g.abs().sum() > 0 for g in merge_grads)
+
+    segmenter = create_segmenter("lraspp", "g_ghost_regnetx_002", 5, output_stride=16).eval()
+    with torch.no_grad():
+        out = segmenter(torch.randn(1, 3, 97, 131))["out"]
+    assert out.shape == (1, 5, 97, 131) and torch.isfinite(out).all()
+
+
+def test_ghostify_converts_the_g_ghost_blocks(capsys):
+    """The 1x1 convs of the RegNetX blocks inside a G-Ghost stage become Ghost layers; the
+    grouped 3x3 convs are kept (a Ghost module of a grouped conv is not defined)."""
+    from ghostnet.cli import main
+
+    assert (
+        main(["ghostify", "g_ghost_regnetx_002_cifar", "--input-size", "3,32,32", "--ghostify"])
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "layer3.layers.0.conv1" in out and "kept: grouped" in out
+    assert "converted 36 of 50 convs" in out
