@@ -163,7 +163,8 @@ def check_agreement(
             raise GhostnetError(
                 f"{path}: {runtime} differs from PyTorch by {diff:.3g} of the output scale "
                 f"(> {tolerance}), and PyTorch's own float32 is {own:.2g} from float64: the "
-                "model is too ill-conditioned to check; measure its BN statistics first"
+                "model is too ill-conditioned to check; export trained weights (or BN "
+                "statistics measured with ghostnet.deploy.settle_batchnorm)"
             )
         raise GhostnetError(
             f"{path}: {runtime} differs from PyTorch by {diff:.3g} of the output scale "
@@ -184,9 +185,10 @@ def check_agreement(
             deploy=settled_deploy,
         )
     except GhostnetError as exc:
+        reason = str(exc).removeprefix(f"{path}: ")
         raise GhostnetError(
             f"{path}: {runtime} differs from PyTorch by {diff:.3g} of the output scale; a "
-            f"copy with BN statistics measured on random images: {str(exc).split(': ', 1)[1]}"
+            f"copy with BN statistics measured on random images: {reason}"
         ) from exc
     note = (
         f"float32 differs by {diff:.3g} of the output scale, but PyTorch's own float32 is "
